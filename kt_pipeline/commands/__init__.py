@@ -1,0 +1,1 @@
+"""CLI subcommands; see kt_pipeline.cli for the contract each module follows."""

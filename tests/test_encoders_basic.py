@@ -1,0 +1,29 @@
+import tensorflow as tf
+
+from kt_pipeline import encoders
+
+
+def test_encode_adds_specials_and_truncation_keeps_end(tiny_preset):
+    enc = encoders.TextEncoding(encoders.load_tokenizer(tiny_preset))
+    long = enc.encode(["the film was great and the acting was good"], 512)[0]
+    short = enc.encode(["the film was great and the acting was good"], 6)[0]
+    assert int(long[0]) == enc.start_id and int(long[-1]) == enc.end_id
+    assert short.shape[0] == 6 and int(short[-1]) == enc.end_id
+    # Truncating the stored long form equals tokenizing at the short length.
+    assert encoders.truncate_ids(long, 6).numpy().tolist() == short.numpy().tolist()
+    # Short examples are untouched.
+    assert encoders.truncate_ids(long, 512).shape[0] == long.shape[0]
+
+
+def test_fingerprint_changes_with_vocabulary(tiny_preset, tmp_path):
+    from kt_pipeline.testing import make_tiny_bert_preset
+
+    a = encoders.tokenizer_fingerprint(encoders.load_tokenizer(tiny_preset))
+    tok = encoders.load_tokenizer(tiny_preset)
+    b = encoders.tokenizer_fingerprint(tok)
+    assert a == b
+    import keras_hub
+
+    other = keras_hub.models.BertTokenizer(vocabulary=tok.get_vocabulary() + ["extra"])
+    assert encoders.tokenizer_fingerprint(other) != a
+    assert isinstance(tf.constant(0), tf.Tensor)
