@@ -1,0 +1,244 @@
+"""Benchmarks 3 and 4: training throughput and time to accuracy, kt-pipeline vs PyTorch.
+
+    python bench/cpu_train.py throughput --system ours --padding bucket
+    python bench/cpu_train.py throughput --system ours --padding fixed
+    python bench/cpu_train.py throughput --system peer --padding bucket   # group_by_length
+    python bench/cpu_train.py throughput --system peer --padding fixed
+    python bench/cpu_train.py tta --system ours     # wall time to 0.85 val accuracy
+    python bench/cpu_train.py tta --system peer
+
+Same checkpoint directory on both sides (the packaged all-MiniLM-L6-v2), SST-2 rows,
+max_seq_length 128, batch 32, AdamW lr 5e-5 (tta: 1e-4, 10% warm-up), fp32 on CPU.
+Ours: kt-pipeline's cache + reader (bucket = length bucketing; fixed = pad to 128) +
+models.build_classifier + optim.build_optimizer, Keras `fit`. Peer: Hugging Face
+`transformers` (PyTorch) AutoModelForSequenceClassification; bucket = `group_by_length`
+(transformers' LengthGroupedSampler) with dynamic padding; fixed = pad to 128.
+Throughput = examples/s over `--steps` timed steps after `--warmup` steps (median of
+`--repeats` windows). TTA = training wall time (evaluation excluded) until accuracy on
+1,000 held-out rows first reaches 0.85, evaluated every `--eval-every` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+from common import emit, median, minilm_dir, require_sst2, sst2_rows
+
+SEQ, BATCH = 128, 32
+TRAIN_ROWS, VAL_OFFSET, VAL_ROWS = 8000, 60000, 1000
+
+
+def _write_tsv(rows, path):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("sentence\tlabel\n")
+        for t, y in rows:
+            f.write(f"{t}\t{y}\n")
+
+
+# ---------------------------------------------------------------- ours (Keras / TF)
+def ours_setup(d, lr, total_steps, warmup):
+    from kt_pipeline import cache, encoders, models, optim, training
+
+    tok = encoders.load_tokenizer(None)
+    caches = {}
+    for name, rows in (("train", sst2_rows(TRAIN_ROWS)), ("val", sst2_rows(VAL_ROWS, VAL_OFFSET))):
+        src = os.path.join(d, f"{name}.tsv")
+        _write_tsv(rows, src)
+        caches[name] = os.path.join(d, name)
+        cache.build_cache(src, caches[name], text_col="sentence", label_col="label",
+                          tokenizer=tok, ratios=(1.0, 0.0, 0.0), progress=False)
+    model = models.build_classifier(encoders.load_backbone(None), 2, dropout=0.1)
+    opt = optim.build_optimizer(lr, warmup, total_steps)
+    training.compile_classifier(model, opt)
+    return model, caches
+
+
+def ours_data(cache_dir, padding, repeat=True, shuffle=True):
+    from kt_pipeline import reader
+
+    return reader.make_dataset(cache_dir, "train", batch_size=BATCH, max_seq_length=SEQ,
+                               padding=padding, shuffle=shuffle, seed=0, repeat=repeat,
+                               drop_remainder=padding == "fixed" and repeat)
+
+
+def ours_throughput(a):
+    with tempfile.TemporaryDirectory() as d:
+        model, caches = ours_setup(d, 5e-5, 10_000, 100)
+        ds = ours_data(caches["train"], a.padding)
+        model.fit(ds, steps_per_epoch=a.warmup, epochs=1, verbose=0)
+        times = []
+        for _ in range(a.repeats):
+            t = time.perf_counter()
+            model.fit(ds, steps_per_epoch=a.steps, epochs=1, verbose=0)
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def ours_tta(a):
+    import keras
+
+    class Stop(keras.callbacks.Callback):
+        def __init__(self, val):
+            super().__init__()
+            self.val, self.train_s, self.t0, self.hit = val, 0.0, None, None
+            self.curve = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.train_s += time.perf_counter() - self.t0
+            step = int(self.model.optimizer.iterations.numpy())
+            if step % a.eval_every == 0:
+                acc = self.model.evaluate(self.val, verbose=0, return_dict=True)["accuracy"]
+                self.curve.append((step, round(self.train_s, 1), round(acc, 4)))
+                if acc >= a.target:
+                    self.hit = (step, self.train_s, acc)
+                    self.model.stop_training = True
+
+    total = a.max_steps
+    with tempfile.TemporaryDirectory() as d:
+        model, caches = ours_setup(d, 1e-4, total, total // 10)
+        ds = ours_data(caches["train"], "bucket")
+        val = ours_data(caches["val"], "bucket", repeat=False, shuffle=False)
+        cb = Stop(val)
+        model.fit(ds, steps_per_epoch=total, epochs=1, verbose=0, callbacks=[cb])
+    return cb.hit, cb.curve
+
+
+# ---------------------------------------------------------------- peer (PyTorch)
+def peer_setup(lr, total, warmup):
+    import torch
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer,
+                              get_linear_schedule_with_warmup)
+
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count())
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
+    model.train()
+    no_decay = ("bias", "LayerNorm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+         "weight_decay": 0.01},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
+         "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=lr, eps=1e-6)
+    sched = get_linear_schedule_with_warmup(opt, warmup, total)
+    return tok, model, opt, sched
+
+
+def peer_batches(tok, rows, padding, seed=0):
+    """Endless batches: group_by_length + dynamic padding, or fixed padding."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    enc = tok([t for t, _ in rows], truncation=True, max_length=SEQ)
+    ids, labels = enc["input_ids"], [y for _, y in rows]
+    epoch = 0
+    while True:
+        g = torch.Generator().manual_seed(seed + epoch)
+        if padding == "bucket":
+            order = list(LengthGroupedSampler(BATCH, lengths=[len(x) for x in ids], generator=g))
+        else:
+            order = torch.randperm(len(ids), generator=g).tolist()
+        for i in range(0, len(order) - BATCH + 1, BATCH):
+            idx = order[i:i + BATCH]
+            feats = [{"input_ids": ids[j]} for j in idx]
+            batch = tok.pad(feats, padding="max_length" if padding == "fixed" else "longest",
+                            max_length=SEQ if padding == "fixed" else None, return_tensors="pt")
+            batch["labels"] = torch.tensor([labels[j] for j in idx])
+            yield batch
+        epoch += 1
+
+
+def peer_step(model, opt, sched, batch):
+    import torch
+
+    loss = model(**batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def peer_throughput(a):
+    tok, model, opt, sched = peer_setup(5e-5, 10_000, 100)
+    it = peer_batches(tok, sst2_rows(TRAIN_ROWS), a.padding)
+    for _ in range(a.warmup):
+        peer_step(model, opt, sched, next(it))
+    times = []
+    for _ in range(a.repeats):
+        t = time.perf_counter()
+        for _ in range(a.steps):
+            peer_step(model, opt, sched, next(it))
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def peer_tta(a):
+    import torch
+
+    tok, model, opt, sched = peer_setup(1e-4, a.max_steps, a.max_steps // 10)
+    val_rows = sst2_rows(VAL_ROWS, VAL_OFFSET)
+    it = peer_batches(tok, sst2_rows(TRAIN_ROWS), "bucket")
+
+    def accuracy():
+        model.eval()
+        right = 0
+        with torch.no_grad():
+            for i in range(0, len(val_rows), 64):
+                chunk = val_rows[i:i + 64]
+                b = tok([t for t, _ in chunk], truncation=True, max_length=SEQ,
+                        padding=True, return_tensors="pt")
+                pred = model(**b).logits.argmax(-1)
+                right += int((pred == torch.tensor([y for _, y in chunk])).sum())
+        model.train()
+        return right / len(val_rows)
+
+    train_s, curve = 0.0, []
+    for step in range(1, a.max_steps + 1):
+        t = time.perf_counter()
+        peer_step(model, opt, sched, next(it))
+        train_s += time.perf_counter() - t
+        if step % a.eval_every == 0:
+            acc = accuracy()
+            curve.append((step, round(train_s, 1), round(acc, 4)))
+            if acc >= a.target:
+                return (step, train_s, acc), curve
+    return None, curve
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("mode", choices=["throughput", "tta"])
+    p.add_argument("--system", choices=["ours", "peer"], required=True)
+    p.add_argument("--padding", choices=["bucket", "fixed"], default="bucket")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--max-steps", type=int, default=400)
+    p.add_argument("--target", type=float, default=0.85)
+    a = p.parse_args()
+    require_sst2()
+    if a.mode == "throughput":
+        times = (ours_throughput if a.system == "ours" else peer_throughput)(a)
+        emit(benchmark="train_throughput", system=a.system, padding=a.padding, seq=SEQ,
+             batch=BATCH, examples_per_s=round(BATCH * a.steps / median(times), 2),
+             windows_s=[round(t, 2) for t in times])
+    else:
+        hit, curve = (ours_tta if a.system == "ours" else peer_tta)(a)
+        emit(benchmark="time_to_accuracy", system=a.system, target=a.target,
+             reached=hit is not None, step=hit and hit[0],
+             train_seconds=hit and round(hit[1], 1), accuracy=hit and round(hit[2], 4),
+             curve=curve)
+
+
+if __name__ == "__main__":
+    main()

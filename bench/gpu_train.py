@@ -1,0 +1,148 @@
+"""GPU training throughput and model FLOPs utilisation (MFU): Keras 3 vs PyTorch.
+
+BERT-base-sized encoder (12 layers, hidden 768, 12 heads, FFN 3072, vocab 30522) with
+random weights and a 2-class head; fixed-length batches of random token ids; AdamW.
+Both frameworks run the same shapes in bf16 (Keras: mixed_bfloat16 policy + XLA;
+PyTorch: bf16 autocast, optionally torch.compile).
+
+    python bench/gpu_train.py --framework keras --batch 64 --seq 128
+    python bench/gpu_train.py --framework torch --batch 64 --seq 128 --compile
+
+Prints one JSON line: examples/s (median over --repeats timed windows), step time and
+MFU = achieved model FLOP/s / peak bf16 dense FLOP/s (--peak-tflops, default 989 for an
+H100 SXM). Model FLOPs per token for training = 3 x forward, forward = 24*L*h^2 + 4*L*s*h
+(dense matmuls + attention scores/values), counted on every (padded) token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+L, H, HEADS, FFN, VOCAB = 12, 768, 12, 3072, 30522
+
+
+def flops_per_example(seq: int, layers: int = L, hidden: int = H) -> float:
+    fwd_per_token = 24 * layers * hidden**2 + 4 * layers * seq * hidden
+    return 3.0 * fwd_per_token * seq
+
+
+def run_keras(args):
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import keras
+    import keras_hub
+    import numpy as np
+
+    if args.bf16:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    if args.flash:
+        keras.config.enable_flash_attention()
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=VOCAB, num_layers=L, num_heads=HEADS, hidden_dim=H,
+        intermediate_dim=FFN, max_sequence_length=512, dropout=args.dropout,
+    )
+    inputs = {
+        "token_ids": keras.Input((None,), dtype="int32", name="token_ids"),
+        "segment_ids": keras.Input((None,), dtype="int32", name="segment_ids"),
+        "padding_mask": keras.Input((None,), dtype="int32", name="padding_mask"),
+    }
+    seq_out = backbone(inputs)["sequence_output"]
+    x = keras.layers.Dropout(args.dropout)(seq_out[:, 0, :])
+    logits = keras.layers.Dense(2, dtype="float32")(x)
+    model = keras.Model(inputs, logits)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(2e-5, weight_decay=0.01, clipnorm=1.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=args.xla,
+    )
+    rng = np.random.default_rng(0)
+    n = args.batch * args.steps
+    x = {
+        "token_ids": rng.integers(1000, VOCAB, (n, args.seq), dtype=np.int32),
+        "segment_ids": np.zeros((n, args.seq), np.int32),
+        "padding_mask": np.ones((n, args.seq), np.int32),
+    }
+    y = rng.integers(0, 2, (n,), dtype=np.int32)
+    model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0)  # compile + warm up
+    times = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0)
+        times.append(time.perf_counter() - t)
+    return times, keras.backend.backend()
+
+
+def run_torch(args):
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = BertConfig(vocab_size=VOCAB, hidden_size=H, num_hidden_layers=L,
+                     num_attention_heads=HEADS, intermediate_size=FFN, num_labels=2,
+                     hidden_dropout_prob=args.dropout,
+                     attention_probs_dropout_prob=args.dropout)
+    model = BertForSequenceClassification(cfg).to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01,
+                            fused=dev == "cuda")
+    step_model = torch.compile(model) if args.compile else model
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, VOCAB, (args.batch, args.seq), generator=g).to(dev)
+    mask = torch.ones_like(ids)
+    labels = torch.randint(0, 2, (args.batch,), generator=g).to(dev)
+
+    def step():
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=args.bf16):
+            loss = step_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(10):
+        step()
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return times, f"torch {torch.__version__}"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--framework", choices=["keras", "torch"], required=True)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--steps", type=int, default=50, help="steps per timed window")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-bf16", dest="bf16", action="store_false")
+    p.add_argument("--no-xla", dest="xla", action="store_false")
+    p.add_argument("--flash", action="store_true",
+                   help="keras.config.enable_flash_attention() (keras only)")
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--compile", action="store_true", help="torch.compile (torch only)")
+    p.add_argument("--peak-tflops", type=float, default=989.0)
+    args = p.parse_args()
+    times, backend = (run_keras if args.framework == "keras" else run_torch)(args)
+    med = statistics.median(times)
+    ex_s = args.batch * args.steps / med
+    mfu = ex_s * flops_per_example(args.seq) / (args.peak_tflops * 1e12)
+    print(json.dumps({
+        "framework": args.framework, "backend": backend, "batch": args.batch,
+        "seq": args.seq, "bf16": args.bf16, "xla": args.xla, "compile": args.compile, "flash": getattr(args, "flash", False),
+        "dropout": args.dropout,
+        "examples_per_s": round(ex_s, 1), "step_ms": round(1000 * med / args.steps, 2),
+        "mfu": round(mfu, 4), "windows_s": [round(t, 3) for t in times],
+    }))
+
+
+if __name__ == "__main__":
+    main()

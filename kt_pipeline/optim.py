@@ -1,0 +1,126 @@
+"""AdamW with linear warmup then linear/cosine/constant decay, the BERT recipe.
+
+No weight decay on LayerNorm parameters (``gamma``/``beta``) or biases; gradients are
+clipped by global norm (``clipnorm``). ``initial_step`` shifts the schedule so a run
+that starts with a fresh optimizer (keras-tuner Hyperband continuing a trial with
+``initial_epoch``) continues the schedule instead of warming up again. A run resumed
+by ``BackupAndRestore`` restores ``optimizer.iterations`` and keeps ``initial_step=0``.
+
+Example:
+
+>>> from kt_pipeline.optim import WarmupDecay, build_optimizer
+>>> sched = WarmupDecay(1e-4, warmup_steps=10, total_steps=100)
+>>> round(float(sched(9)), 8), round(float(sched(55)), 8), float(sched(100))
+(0.0001, 5e-05, 0.0)
+>>> opt = build_optimizer(1e-4, warmup_steps=10, total_steps=100)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+from keras import ops  # noqa: E402
+
+from kt_pipeline.errors import ConfigError  # noqa: E402
+
+DECAYS = ("linear", "cosine", "constant")
+# Substrings of variable names that get no weight decay (Keras 3 names LayerNorm
+# scale/offset "gamma"/"beta"; the others cover checkpoints with other names).
+NO_DECAY_NAMES = ["bias", "gamma", "beta", "LayerNorm", "layer_norm"]
+
+
+@keras.saving.register_keras_serializable(package="kt_pipeline")
+class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup to ``peak_lr`` over ``warmup_steps``, then decay to 0 at ``total_steps``.
+
+    Step ``s`` (0-based, as Keras passes ``optimizer.iterations``) is shifted by
+    ``initial_step``. During warmup the rate is ``peak_lr * (s + 1) / warmup_steps``, so
+    the first update already moves the weights. After warmup, with
+    ``p = (s - warmup_steps) / (total_steps - warmup_steps)`` clipped to [0, 1]:
+    linear ``peak * (1 - p)``, cosine ``peak * (1 + cos(pi p)) / 2``, constant ``peak``.
+    """
+
+    def __init__(
+        self,
+        peak_lr: float,
+        warmup_steps: int,
+        total_steps: int,
+        decay: str = "linear",
+        initial_step: int = 0,
+    ):
+        if decay not in DECAYS:
+            raise ConfigError(f"decay={decay!r}: expected one of {', '.join(DECAYS)}")
+        if peak_lr <= 0:
+            raise ConfigError(f"learning_rate={peak_lr}: must be > 0")
+        if warmup_steps < 0 or total_steps < 0 or initial_step < 0:
+            raise ConfigError(
+                f"warmup_steps={warmup_steps}, total_steps={total_steps}, "
+                f"initial_step={initial_step}: must be >= 0"
+            )
+        self.peak_lr = float(peak_lr)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(max(total_steps, warmup_steps))
+        self.decay = decay
+        self.initial_step = int(initial_step)
+
+    def __call__(self, step):
+        s = ops.cast(step, "float32") + float(self.initial_step)
+        peak = self.peak_lr
+        warm = peak * (s + 1.0) / float(max(self.warmup_steps, 1))
+        span = float(max(self.total_steps - self.warmup_steps, 1))
+        p = ops.clip((s - float(self.warmup_steps)) / span, 0.0, 1.0)
+        if self.decay == "linear":
+            after = peak * (1.0 - p)
+        elif self.decay == "cosine":
+            after = peak * 0.5 * (1.0 + ops.cos(math.pi * p))
+        else:
+            after = peak + 0.0 * p
+        return ops.where(s < float(self.warmup_steps), warm, after)
+
+    def get_config(self):
+        return {
+            "peak_lr": self.peak_lr,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "decay": self.decay,
+            "initial_step": self.initial_step,
+        }
+
+
+def resolve_warmup(total_steps: int, warmup_steps: int = 0, warmup_fraction=None) -> int:
+    """Warmup steps: ``warmup_fraction * total_steps`` when given, else ``warmup_steps``."""
+    if warmup_fraction is not None:
+        if not 0.0 <= warmup_fraction <= 1.0:
+            raise ConfigError(f"warmup_fraction={warmup_fraction}: must be within [0, 1]")
+        return int(round(warmup_fraction * total_steps))
+    return int(warmup_steps)
+
+
+def build_optimizer(
+    learning_rate: float,
+    warmup_steps: int,
+    total_steps: int,
+    decay: str = "linear",
+    weight_decay: float = 0.01,
+    clipnorm=1.0,
+    initial_step: int = 0,
+) -> keras.optimizers.AdamW:
+    """AdamW on a :class:`WarmupDecay` schedule, no decay on LayerNorm/bias, clipped."""
+    schedule = WarmupDecay(learning_rate, warmup_steps, total_steps, decay, initial_step)
+    kwargs = {}
+    if clipnorm:
+        if clipnorm <= 0:
+            raise ConfigError(f"clipnorm={clipnorm}: must be > 0 (or null to disable)")
+        kwargs["global_clipnorm"] = float(clipnorm)
+    opt = keras.optimizers.AdamW(
+        learning_rate=schedule,
+        weight_decay=float(weight_decay or 0.0),
+        epsilon=1e-6,
+        **kwargs,
+    )
+    opt.exclude_from_weight_decay(var_names=NO_DECAY_NAMES)
+    return opt

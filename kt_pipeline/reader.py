@@ -1,0 +1,236 @@
+"""`tf.data` reader over the TFRecord split cache: truncate, pad, batch, prefetch.
+
+One cache serves every ``max_seq_length`` up to the stored ``max_length``: ids are
+stored unpadded with their specials and truncated here with
+:func:`kt_pipeline.encoders.truncate_ids` (which keeps the final ``[SEP]``/``</s>``).
+
+Padding modes:
+
+- ``"fixed"``: every batch is ``[batch_size, max_seq_length]`` with static shapes;
+  ``drop_remainder`` defaults to True (what TPUs need).
+- ``"dynamic"``: each batch is padded to its longest example.
+- ``"bucket"`` (default): examples are grouped by length and padded to one of a few
+  boundaries (16, 32, 64, 128, 256, 512, capped at ``max_seq_length``), so the model
+  sees a small fixed set of shapes; shuffling happens before bucketing.
+
+Example:
+
+>>> from kt_pipeline import reader
+>>> reader.num_examples("tfrecords/demo", "train")                         # doctest: +SKIP
+320
+>>> ds = reader.make_dataset("tfrecords/demo", "train", batch_size=8,
+...                          max_seq_length=64, padding="fixed")           # doctest: +SKIP
+>>> features, labels = next(iter(ds))                                      # doctest: +SKIP
+>>> features["token_ids"].shape, features["padding_mask"].dtype, labels.shape  # doctest: +SKIP
+(TensorShape([8, 64]), tf.bool, TensorShape([8]))
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+
+from kt_pipeline.errors import DataError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+SPLITS = ("train", "validation", "test")
+PADDINGS = ("bucket", "dynamic", "fixed")
+BUCKET_SIZES = (16, 32, 64, 128, 256, 512)
+SHUFFLE_BUFFER = 10_000
+
+
+class CacheError(DataError):
+    """A cache that is missing, incomplete, from another schema or cannot serve a request."""
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def load_manifest(cache_dir: str) -> dict:
+    """Read ``<cache_dir>/manifest.json`` and check its shards exist.
+
+    The returned dict has ``cache_dir`` added. Raises :class:`CacheError` if the cache
+    is absent, incomplete or from another schema version.
+    """
+    gf = _gfile()
+    cache_dir = cache_dir.rstrip("/")
+    path = posixpath.join(cache_dir, MANIFEST)
+    build = f"build it with `kt-pipeline build-tfrecords --input FILE --output {cache_dir}`"
+    if not gf.exists(path):
+        raise CacheError(f"no cache at {cache_dir} (no {MANIFEST}); {build}")
+    try:
+        with gf.GFile(path, "r") as f:
+            m = json.loads(f.read())
+        version = m["schema_version"]
+        shards = m["shards"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CacheError(f"{path} is not a valid cache manifest ({e}); rebuild with --force") from None
+    if version != SCHEMA_VERSION:
+        raise CacheError(
+            f"{path}: cache schema version {version}, this version reads {SCHEMA_VERSION}; "
+            "rebuild it with --force"
+        )
+    dirs = {s["path"].split("/")[0] for s in shards}
+    for d in dirs:
+        full = posixpath.join(cache_dir, d)
+        present = set(n.rstrip("/") for n in gf.listdir(full)) if gf.isdir(full) else set()
+        missing = [s["path"] for s in shards if s["path"].split("/")[0] == d
+                   and s["path"].split("/", 1)[1] not in present]
+        if missing:
+            raise CacheError(
+                f"cache {cache_dir} is incomplete: {len(missing)} shard(s) missing, e.g. "
+                f"{missing[0]}; rebuild it with --force"
+            )
+    m["cache_dir"] = cache_dir
+    return m
+
+
+def num_examples(cache_dir: str, split: str) -> int:
+    """How many examples `split` holds."""
+    m = load_manifest(cache_dir)
+    _check_split(split)
+    return int(m["counts"]["written"].get(split, 0))
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise CacheError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+
+
+def bucket_boundaries(max_seq_length: int) -> list:
+    """Padded lengths used by ``padding="bucket"``: the sizes below the cap, then the cap."""
+    return [b for b in BUCKET_SIZES if b < max_seq_length] + [max_seq_length]
+
+
+def _feature_spec(extra_names):
+    import tensorflow as tf
+
+    spec = {
+        "token_ids": tf.io.VarLenFeature(tf.int64),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+        "group": tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    }
+    for name in extra_names:
+        spec[name] = tf.io.FixedLenFeature([], tf.string, default_value=b"")
+    return spec
+
+
+def _extra_names(manifest: dict, extras) -> list:
+    """Map requested extras ("group", "col" or "x_col") to feature names."""
+    cols = manifest["columns"].get("extras") or []
+    out = []
+    for e in extras:
+        name = e if e == "group" or e.startswith("x_") else "x_" + e
+        if name != "group" and name[2:] not in cols:
+            raise CacheError(
+                f"extra {e!r} is not in cache {manifest['cache_dir']}; stored extras: "
+                f"{', '.join(['group'] + cols)} (rebuild with --extra-cols to add it)"
+            )
+        out.append(name)
+    return out
+
+
+def make_dataset(
+    cache_dir: str,
+    split: str,
+    *,
+    batch_size: int,
+    max_seq_length: int,
+    padding: str = "bucket",
+    shuffle: bool = False,
+    seed: int = 0,
+    repeat: bool = False,
+    drop_remainder=None,
+    take=None,
+    extras=(),
+):
+    """Batches of ``(features, labels)`` from one split of a cache.
+
+    ``features = {"token_ids": int32 [B, L], "padding_mask": bool [B, L]}`` plus a
+    string ``[B]`` entry per name in ``extras`` (``"group"``, or an extra column as
+    ``"x_<col>"`` / ``"<col>"``); ``labels`` is int32 ``[B]`` (-1 without labels).
+    ``take`` keeps the first N examples (before shuffling), for quick runs.
+    """
+    import tensorflow as tf
+
+    from kt_pipeline.encoders import truncate_ids
+
+    m = load_manifest(cache_dir)
+    _check_split(split)
+    if padding not in PADDINGS:
+        raise CacheError(f"padding {padding!r}: expected one of {', '.join(PADDINGS)}")
+    stored = int(m["max_length"])
+    if not 2 <= int(max_seq_length) <= stored:
+        raise CacheError(
+            f"max_seq_length {max_seq_length}: cache {cache_dir} stores ids up to {stored} "
+            f"tokens; use 2..{stored} or rebuild the cache with --max-length {max_seq_length}"
+        )
+    if int(batch_size) < 1:
+        raise CacheError(f"batch_size {batch_size}: expected >= 1")
+    L, B = int(max_seq_length), int(batch_size)
+    if drop_remainder is None:
+        drop_remainder = padding == "fixed"
+    pad_id = int(m["tokenizer"]["special_tokens"]["pad"])
+    names = _extra_names(m, extras)
+    spec = _feature_spec([n for n in names if n != "group"])
+
+    files = [posixpath.join(cache_dir, s["path"]) for s in m["shards"] if s["split"] == split]
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(files, dtype=tf.string))
+    if shuffle and len(files) > 1:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=max(1, min(len(files), 8)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    if take is not None:
+        ds = ds.take(int(take))
+    if shuffle:
+        n = int(m["counts"]["written"].get(split, 0))
+        ds = ds.shuffle(max(1, min(n, SHUFFLE_BUFFER)), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    def parse(record):
+        ex = tf.io.parse_single_example(record, spec)
+        ids = tf.cast(truncate_ids(ex["token_ids"].values, L), tf.int32)
+        feats = {"token_ids": ids, "length": tf.shape(ids)[0]}
+        for n in names:
+            feats[n] = ex[n]
+        return feats, tf.cast(ex["label"], tf.int32)
+
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    shapes = ({"token_ids": [L if padding == "fixed" else None], "length": [],
+               **{n: [] for n in names}}, [])
+    values = ({"token_ids": tf.constant(pad_id, tf.int32), "length": tf.constant(0, tf.int32),
+               **{n: tf.constant(b"") for n in names}}, tf.constant(0, tf.int32))
+    if padding == "bucket":
+        bounds = bucket_boundaries(L)
+        # Bucket i holds lengths < bounds[i] + 1 and is padded to bounds[i].
+        ds = ds.bucket_by_sequence_length(
+            lambda f, y: f["length"],
+            bucket_boundaries=[b + 1 for b in bounds],
+            bucket_batch_sizes=[B] * (len(bounds) + 1),
+            padded_shapes=shapes,
+            padding_values=values,
+            pad_to_bucket_boundary=True,
+            drop_remainder=drop_remainder,
+        )
+    else:
+        ds = ds.padded_batch(B, padded_shapes=shapes, padding_values=values,
+                             drop_remainder=drop_remainder)
+
+    def finish(f, y):
+        ids = f.pop("token_ids")
+        width = ids.shape[1] if ids.shape[1] is not None else tf.shape(ids)[1]
+        mask = tf.sequence_mask(f.pop("length"), width)
+        return {"token_ids": ids, "padding_mask": mask, **f}, y
+
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+

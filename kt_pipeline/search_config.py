@@ -1,0 +1,410 @@
+"""The hyperparameter-search config: a YAML file in ``tuning/`` plus ``--set`` overrides.
+
+A config names the data (an input file and its columns, or an existing cache), the
+encoder, the search space, the tuner and its budget::
+
+    name: demo
+    search_dir: runs/tune/demo
+    preset: null                      # packaged MiniLM
+    data: {input: kt_pipeline/data/sample_reviews.csv, cache_dir: tfrecords/demo,
+           text_col: text, label_col: label}
+    tuner: {type: hyperband, max_epochs: 3, factor: 3}
+    space:
+      learning_rate: {min: 5.0e-6, max: 1.0e-4, sampling: log}   # a range
+      batch_size: [16, 32]                                        # a choice
+      freeze_body: false                                          # a fixed value
+    train: {pooling: cls, padding: bucket}                        # fixed TrainConfig fields
+
+Each ``space`` entry is a fixed value (scalar), a choice (list, or ``{values: [...]}``)
+or a range (``{min, max}`` with optional ``sampling: linear|log`` and ``step``); ``null``
+removes the key. ``warmup_fraction`` (a fraction of the total steps) replaces
+``warmup_steps`` when it is set.
+
+Overrides are dotted paths: ``tuner.max_trials=4``, ``space.learning_rate.max=1e-4``,
+``space.batch_size=[16,32]``, ``data.cache_dir=tfrecords/x``, ``train.pooling=mean``.
+
+Example:
+
+>>> from kt_pipeline.search_config import SearchConfig, build_config
+>>> cfg = build_config({"data": {"cache_dir": "tfrecords/demo"},
+...                     "tuner": {"type": "random", "max_trials": 3}},
+...                    ["space.learning_rate.max=1e-4", "space.batch_size=[16]"])
+>>> cfg.tuner.max_trials, cfg.space["learning_rate"].max, cfg.space["batch_size"].values
+(3, 0.0001, [16])
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any, Optional
+
+import yaml
+
+from kt_pipeline.config import TrainConfig, apply_overrides, from_dict, load_yaml
+from kt_pipeline.errors import ConfigError
+
+TUNERS = ("hyperband", "bayesian", "random")
+SAMPLINGS = ("linear", "log")
+
+# The default search space (the issue's), in the same form a YAML file uses.
+DEFAULT_SPACE: dict = {
+    "learning_rate": {"min": 5e-6, "max": 1e-4, "sampling": "log"},
+    "warmup_steps": [500, 1000, 1500, 2000],
+    "warmup_fraction": None,  # set (e.g. [0.0, 0.1]) to use a fraction instead of steps
+    "dropout": {"min": 0.0, "max": 0.5},
+    "freeze_body": [True, False],
+    "max_seq_length": [64, 128, 256, 512],
+    "batch_size": [16, 32, 64],
+}
+# TrainConfig fields a space may tune (fit-level ones are chosen inside HyperModel.fit).
+TUNABLE = (
+    "learning_rate", "warmup_steps", "warmup_fraction", "dropout", "freeze_body",
+    "max_seq_length", "batch_size", "pooling", "weight_decay", "decay",
+)
+DATA_KEYS = ("batch_size", "max_seq_length")  # change the dataset: chosen in fit
+# TrainConfig fields that the search itself owns (set per trial or from other sections).
+NOT_IN_TRAIN = ("cache_dir", "model_dir", "preset", "task", "epochs") + TUNABLE
+
+
+@dataclasses.dataclass
+class ParamSpec:
+    """One search-space entry: ``kind`` is fixed, choice, float or int."""
+
+    name: str
+    kind: str
+    value: Any = None
+    values: Optional[list] = None
+    min: Optional[float] = None
+    max: Optional[float] = None
+    sampling: str = "linear"
+    step: Optional[float] = None
+
+    def register(self, hp):
+        """Declare this entry on keras-tuner ``hp`` and return its current value."""
+        if self.kind == "fixed":
+            return hp.Fixed(self.name, self.value)
+        if self.kind == "choice":
+            return hp.Choice(self.name, self.values)
+        if self.kind == "int":
+            return hp.Int(self.name, int(self.min), int(self.max),
+                          step=int(self.step) if self.step else None, sampling=self.sampling)
+        return hp.Float(self.name, float(self.min), float(self.max), step=self.step,
+                        sampling=self.sampling)
+
+    def describe(self) -> str:
+        if self.kind == "fixed":
+            return f"{self.value!r}"
+        if self.kind == "choice":
+            return "{" + ", ".join(map(str, self.values)) + "}"
+        return f"{self.min:g}..{self.max:g} ({self.sampling})"
+
+
+def as_number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` as a string; turn numeric strings into int/float.
+
+    >>> as_number("1e-4"), as_number("32"), as_number("cls"), as_number(True)
+    (0.0001, 32, 'cls', True)
+    """
+    if not isinstance(value, str):
+        return value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_param(name: str, spec: Any, source: str = "space") -> Optional[ParamSpec]:
+    """A YAML value -> ParamSpec (None when the entry is switched off with null)."""
+    where = f"{source}.{name}"
+    if spec is None:
+        return None
+    if isinstance(spec, (list, tuple)):
+        spec = {"values": list(spec)}
+    if not isinstance(spec, dict):
+        return ParamSpec(name, "fixed", value=as_number(spec))
+    spec = {k: [as_number(x) for x in v] if isinstance(v, (list, tuple)) else
+            v if k == "sampling" else as_number(v) for k, v in spec.items()}
+    known = {"value", "fixed", "values", "choice", "min", "max", "sampling", "step"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; use a value, a list, "
+            "{values: [...]} or {min: A, max: B, sampling: log}"
+        )
+    if "value" in spec or "fixed" in spec:
+        return ParamSpec(name, "fixed", value=spec.get("value", spec.get("fixed")))
+    values = spec.get("values", spec.get("choice"))
+    if values is not None:
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ConfigError(f"{where}.values: expected a non-empty list, got {values!r}")
+        values = list(values)
+        if len(set(map(repr, values))) != len(values):
+            raise ConfigError(f"{where}.values: {values} has duplicates")
+        return ParamSpec(name, "choice", values=values)
+    if "min" not in spec or "max" not in spec:
+        raise ConfigError(f"{where}: a range needs both min and max (got {spec})")
+    lo, hi = spec["min"], spec["max"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)):
+        raise ConfigError(f"{where}: min and max must be numbers (got {lo!r}, {hi!r})")
+    if not lo < hi:
+        raise ConfigError(f"{where}: min {lo} must be < max {hi} (use a single value to fix it)")
+    sampling = spec.get("sampling", "linear")
+    if sampling not in SAMPLINGS:
+        raise ConfigError(f"{where}.sampling={sampling!r}: expected one of {', '.join(SAMPLINGS)}")
+    if sampling == "log" and lo <= 0:
+        raise ConfigError(f"{where}: log sampling needs min > 0 (got {lo})")
+    integer = all(isinstance(v, int) for v in (lo, hi)) and name in _INT_FIELDS
+    return ParamSpec(name, "int" if integer else "float", min=lo, max=hi,
+                     sampling=sampling, step=spec.get("step"))
+
+
+_INT_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if "int" in str(f.type)
+               and "float" not in str(f.type)}
+
+
+def _check_values(p: ParamSpec) -> None:
+    """Catch bad values up front (e.g. dropout 1.5, batch size 0)."""
+    vals = p.values if p.kind == "choice" else [p.value] if p.kind == "fixed" else [p.min, p.max]
+    checks = {
+        "learning_rate": lambda v: isinstance(v, (int, float)) and v > 0,
+        "dropout": lambda v: isinstance(v, (int, float)) and 0 <= v < 1,
+        "warmup_fraction": lambda v: isinstance(v, (int, float)) and 0 <= v <= 1,
+        "warmup_steps": lambda v: isinstance(v, int) and v >= 0,
+        "batch_size": lambda v: isinstance(v, int) and v >= 1,
+        "max_seq_length": lambda v: isinstance(v, int) and v >= 3,
+        "freeze_body": lambda v: isinstance(v, bool),
+        "pooling": lambda v: v in ("cls", "mean"),
+        "decay": lambda v: v in ("linear", "cosine", "constant"),
+        "weight_decay": lambda v: isinstance(v, (int, float)) and v >= 0,
+    }
+    ok = checks.get(p.name, lambda v: True)
+    bad = [v for v in vals if not ok(v) or (isinstance(v, bool) and p.name != "freeze_body")]
+    if bad:
+        raise ConfigError(f"space.{p.name}: invalid value(s) {bad}")
+
+
+def parse_space(raw: dict) -> dict:
+    """The ``space`` mapping (merged over :data:`DEFAULT_SPACE`) -> {name: ParamSpec}."""
+    unknown = sorted(set(raw) - set(TUNABLE))
+    if unknown:
+        raise ConfigError(
+            f"space: unknown key(s) {', '.join(unknown)}; tunable keys: {', '.join(TUNABLE)}"
+        )
+    space = {}
+    for name in TUNABLE:
+        p = parse_param(name, raw.get(name))
+        if p is not None:
+            _check_values(p)
+            space[name] = p
+    if "warmup_fraction" in space:
+        space.pop("warmup_steps", None)
+    return space
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the examples come from: ``input`` (built into ``cache_dir``) or a cache."""
+
+    input: Optional[str] = None
+    cache_dir: Optional[str] = None
+    text_col: str = "text"
+    label_col: str = "label"
+    labels: Optional[list] = None
+    format: Optional[str] = None
+    delimiter: Optional[str] = None
+    ratios: Optional[list] = None  # default 0.8,0.1,0.1
+    seed: int = 0
+    max_length: int = 512  # stored token length: the largest max_seq_length served
+    max_train_examples: Optional[int] = None
+
+
+@dataclasses.dataclass
+class TunerConfig:
+    """Which keras-tuner oracle and its budget."""
+
+    type: str = "hyperband"
+    max_trials: int = 10  # random/bayesian (hyperband: an upper bound, if set)
+    max_epochs: int = 3  # hyperband's max epochs; epochs per trial for random/bayesian
+    factor: int = 3
+    hyperband_iterations: int = 1
+    objective: str = "val_accuracy"
+    seed: int = 42
+    early_stopping_patience: Optional[int] = 1
+    max_consecutive_failed_trials: int = 3
+    max_retries_per_trial: int = 0
+    frozen_fast_path: bool = True  # freeze_body trials train a head on cached features
+    verbose: int = 2
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """Everything ``kt-pipeline tune`` needs."""
+
+    name: str = "search"
+    search_dir: str = "runs/tune/search"
+    preset: Optional[str] = None
+    task: str = "classification"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    tuner: TunerConfig = dataclasses.field(default_factory=TunerConfig)
+    space: dict = dataclasses.field(default_factory=lambda: parse_space(DEFAULT_SPACE))
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    raw: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def cache_dir(self) -> str:
+        return self.data.cache_dir or f"{self.search_dir.rstrip('/')}/cache"
+
+    def base_train_config(self, **values) -> TrainConfig:
+        """A TrainConfig with this search's fixed settings and ``values`` applied."""
+        cfg = dataclasses.replace(
+            self.train, cache_dir=self.cache_dir, preset=self.preset, task=self.task,
+            max_train_examples=self.data.max_train_examples, monitor=self.tuner.objective,
+            early_stopping_patience=self.tuner.early_stopping_patience,
+        )
+        for p in self.space.values():
+            if p.kind == "fixed":
+                setattr(cfg, p.name, p.value)
+        if "warmup_fraction" not in self.space:
+            cfg.warmup_fraction = None
+        for k, v in values.items():
+            if k in TUNABLE:
+                setattr(cfg, k, v)
+        return cfg
+
+    def to_dict(self) -> dict:
+        """The resolved config as plain data (written to the search dir)."""
+        return copy.deepcopy(self.raw)
+
+
+SECTIONS = {"data": DataConfig, "tuner": TunerConfig, "train": TrainConfig}
+TOP_LEVEL = ("name", "search_dir", "preset", "task", "data", "tuner", "space", "train")
+
+
+def _set_path(raw: dict, dotted: str, value: Any) -> None:
+    """Set ``raw[a][b][c] = value`` for ``a.b.c``; turns a fixed/list space entry into a dict
+    when a sub-key (``min``, ``max``, ``values``...) is set."""
+    keys = dotted.split(".")
+    node = raw
+    for i, k in enumerate(keys[:-1]):
+        child = node.get(k)
+        if child is None or not isinstance(child, dict):
+            if keys[0] == "space" and i == 1 and child is not None:
+                child = {"values": list(child)} if isinstance(child, list) else {"value": child}
+            elif child is not None:
+                raise ConfigError(
+                    f"override {dotted}: {'.'.join(keys[: i + 1])} is {child!r}, not a mapping"
+                )
+            else:
+                child = {}
+            node[k] = child
+        node = child
+    if keys[0] == "space" and len(keys) == 3 and keys[2] in ("min", "max"):
+        node.pop("values", None), node.pop("value", None), node.pop("fixed", None)
+    if keys[0] == "space" and len(keys) == 3 and keys[2] == "values":
+        for k in ("min", "max", "sampling", "step", "value", "fixed"):
+            node.pop(k, None)
+    node[keys[-1]] = value
+
+
+def merge_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key.path=value`` strings (values parsed as YAML) to a raw config dict."""
+    raw = copy.deepcopy(raw)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. tuner.max_trials=4)")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key.split(".")[0] not in TOP_LEVEL:
+            raise ConfigError(
+                f"override {key!r}: unknown section; valid: {', '.join(TOP_LEVEL)} "
+                "(e.g. tuner.max_trials=4, space.learning_rate.max=1e-4)"
+            )
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+        _set_path(raw, key, value)
+    return raw
+
+
+def build_config(raw: dict, overrides: Optional[list] = None, source: str = "config") -> SearchConfig:
+    """Raw YAML dict + overrides -> a validated :class:`SearchConfig`."""
+    raw = copy.deepcopy(raw or {})
+    space = copy.deepcopy(DEFAULT_SPACE)
+    if not isinstance(raw.get("space") or {}, dict):
+        raise ConfigError(f"{source}: space must be a mapping of key: spec")
+    space.update(raw.get("space") or {})
+    raw["space"] = space
+    raw = merge_overrides(raw, overrides or [])
+    unknown = sorted(set(raw) - set(TOP_LEVEL))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(TOP_LEVEL)}"
+        )
+    cfg = SearchConfig()
+    for key in ("name", "search_dir", "preset", "task"):
+        if raw.get(key) is not None:
+            setattr(cfg, key, str(raw[key]))
+    if "search_dir" not in raw and "name" in raw:
+        cfg.search_dir = f"runs/tune/{cfg.name}"
+    for section, cls in SECTIONS.items():
+        data = raw.get(section) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: {section} must be a mapping, got {data!r}")
+        if section == "train":
+            owned = sorted(set(data) & set(NOT_IN_TRAIN))
+            if owned:
+                raise ConfigError(
+                    f"{source}: train.{owned[0]} is set elsewhere (tunable keys go under "
+                    "space, the encoder under preset, the cache under data.cache_dir, epochs "
+                    "under tuner.max_epochs)"
+                )
+        try:
+            setattr(cfg, section, from_dict(cls, data, source=f"{source}: {section}"))
+        except ConfigError as e:
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith(source) else f"{source}: {section}.{msg}") from None
+    cfg.space = parse_space(raw["space"])
+    validate(cfg, source)
+    cfg.raw = raw
+    return cfg
+
+
+def validate(cfg: SearchConfig, source: str = "config") -> None:
+    """Reject settings that cannot work, naming the key and the fix."""
+    t = cfg.tuner
+    if t.type not in TUNERS:
+        raise ConfigError(f"{source}: tuner.type={t.type!r}: expected one of {', '.join(TUNERS)}")
+    if t.max_epochs < 1 or (t.max_trials is not None and t.max_trials < 1):
+        raise ConfigError(f"{source}: tuner.max_epochs and tuner.max_trials must be >= 1")
+    if t.type == "hyperband" and t.factor < 2:
+        raise ConfigError(f"{source}: tuner.factor={t.factor}: Hyperband needs factor >= 2")
+    if not cfg.data.input and not cfg.data.cache_dir:
+        raise ConfigError(
+            f"{source}: set data.input (a CSV/TSV/JSONL file) or data.cache_dir (an existing "
+            "cache from build-tfrecords)"
+        )
+    if cfg.task != "classification":
+        raise ConfigError(f"{source}: task={cfg.task!r}: tuning supports classification only")
+    seq = cfg.space.get("max_seq_length")
+    if seq is not None:
+        longest = seq.value if seq.kind == "fixed" else max(seq.values or [seq.max or 0])
+        if longest > cfg.data.max_length:
+            raise ConfigError(
+                f"{source}: space.max_seq_length reaches {longest} but data.max_length is "
+                f"{cfg.data.max_length}; raise data.max_length or drop the longer lengths"
+            )
+
+
+def load_config(path: Optional[str], overrides: Optional[list] = None) -> SearchConfig:
+    """Read a YAML config (local or gs://) and apply overrides."""
+    raw = load_yaml(path) if path else {}
+    return build_config(raw, overrides, source=path or "config")
+
+
+def space_summary(space: dict) -> str:
+    """One line per search-space entry, e.g. ``learning_rate: 5e-06..0.0001 (log)``."""
+    return "\n".join(f"  {name}: {p.describe()}" for name, p in space.items())

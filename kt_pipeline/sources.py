@@ -1,0 +1,420 @@
+"""Read CSV / TSV / JSONL rows as a stream, with a reason for every row that is skipped.
+
+Handles UTF-8 with or without a BOM, LF or CRLF line endings, quoted fields with
+embedded newlines, and any `tf.io.gfile` path (local, ``gs://``, ``ram://``). Format,
+delimiter and header are detected and can be overridden. Columns are chosen by name
+(or, with ``header=False``, by 0-based index: ``"0"``, ``"1"``, ...).
+
+Every row the parser reads comes out as one :class:`Record`; a record that cannot be
+used carries ``skip`` (one of :data:`SKIP_REASONS`) and a ``detail``. Blank lines are
+not rows: they are counted in ``Source.blank_lines``.
+
+Example:
+
+>>> from kt_pipeline.sources import open_source
+>>> src = open_source("kt_pipeline/data/sample_reviews.csv", "text", "label")  # doctest: +SKIP
+>>> src.format, src.delimiter, src.columns_found                               # doctest: +SKIP
+('csv', ',', ['text', 'label', 'source'])
+>>> rec = next(src.records())                                                  # doctest: +SKIP
+>>> rec.line, rec.label, rec.skip                                              # doctest: +SKIP
+(2, 'negative', None)
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from typing import Iterator, Optional, Sequence
+
+from kt_pipeline.errors import DataError
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+# Why a row was skipped; the order is the order checks run (and summaries print).
+SKIP_REASONS = (
+    "undecodable",  # bytes that are not UTF-8
+    "malformed",  # wrong field count, invalid JSON, not a JSON object
+    "empty_text",  # text missing, empty or whitespace-only
+    "missing_label",  # label column empty / missing
+    "missing_group",  # group column empty / missing (when a group column is set)
+    "label_not_in_set",  # label outside --labels or the inferred set (see cache.py)
+    "duplicate_text",  # exact duplicate of an earlier row's text (see cache.py)
+)
+
+# How to fix a row skipped for each reason (used in --strict errors).
+FIXES = {
+    "undecodable": "re-save the file as UTF-8",
+    "malformed": "quote fields that contain the delimiter, quotes or newlines "
+    "(doubling inner quotes), or check --delimiter/--format",
+    "empty_text": "fill in the text or delete the row",
+    "missing_label": "fill in the label or delete the row",
+    "missing_group": "fill in the group or delete the row",
+    "label_not_in_set": "fix the label, or list it in --labels",
+    "duplicate_text": "delete the repeated row",
+}
+
+FORMATS = ("csv", "tsv", "jsonl")
+_CHUNK = 1 << 20
+_SNIFF_DELIMITERS = (",", "\t", ";", "|")
+
+
+@dataclasses.dataclass
+class Record:
+    """One row read from the source (``skip`` is None when it is usable)."""
+
+    index: int  # 0-based ordinal among rows (header and blank lines excluded)
+    line: int  # 1-based physical line where the row starts
+    text: Optional[str] = None
+    label: Optional[str] = None
+    group: Optional[str] = None
+    extras: tuple = ()
+    skip: Optional[str] = None
+    column: Optional[str] = None  # the column at fault, when there is one
+    detail: str = ""
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file read through tf.io.gfile (streamed)."""
+    h = hashlib.sha256()
+    with _gfile().GFile(path, "rb") as f:
+        while True:
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                return h.hexdigest()
+            h.update(chunk)
+
+
+def _byte_lines(path: str, counter=None) -> Iterator[bytes]:
+    """Physical lines of a file as bytes, each with its line ending (split on LF)."""
+    rest = b""
+    with _gfile().GFile(path, "rb") as f:
+        while True:
+            chunk = f.read(_CHUNK)
+            if counter is not None:
+                counter.update(len(chunk))
+            if not chunk:
+                break
+            parts = (rest + chunk).split(b"\n")
+            rest = parts.pop()
+            for p in parts:
+                yield p + b"\n"
+    if rest:
+        yield rest
+
+
+class _DecodedLines:
+    """Iterate str lines; remember which lines held invalid UTF-8 (decoded with U+FFFD)."""
+
+    def __init__(self, byte_lines: Iterator[bytes]):
+        self._it = byte_lines
+        self.num = 0
+        self.bad: dict[int, str] = {}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        raw = next(self._it)
+        self.num += 1
+        try:
+            s = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            self.bad[self.num] = f"invalid UTF-8 byte {raw[e.start]:#04x} at byte {e.start}"
+            s = raw.decode("utf-8", errors="replace")
+        if self.num == 1 and s.startswith("\ufeff"):
+            s = s[1:]
+        if "\r" in s:  # a stray CR inside a line would end a CSV row: read it as a space
+            end = "\r\n" if s.endswith("\r\n") else ("\r" if s.endswith("\r") else "")
+            s = s[: len(s) - len(end)].replace("\r", " ") + end
+        return s
+
+    def bad_in(self, first: int, last: int) -> Optional[tuple[int, str]]:
+        """The first invalid line in [first, last], forgetting older ones."""
+        found = None
+        for n in sorted(self.bad):
+            if n > last:
+                break
+            if n >= first and found is None:
+                found = (n, self.bad[n])
+            del self.bad[n]
+        return found
+
+
+def _is_blank(fields: Sequence[str]) -> bool:
+    return not fields or (len(fields) == 1 and not fields[0].strip())
+
+
+def _value(v) -> Optional[str]:
+    """A JSON value as a string (None stays None)."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return json.dumps(v, ensure_ascii=False, sort_keys=True)
+
+
+def _first_bytes(path: str, n: int = 65536) -> bytes:
+    with _gfile().GFile(path, "rb") as f:
+        return f.read(n)
+
+
+def detect_format(path: str, head: bytes) -> str:
+    """jsonl for .jsonl/.ndjson/.json or a file starting with ``{``; else csv/tsv."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if head.lstrip(codecs.BOM_UTF8).lstrip().startswith(b"{"):
+        return "jsonl"
+    return "tsv" if ext == ".tsv" else "csv"
+
+
+def detect_delimiter(first_line: str, fmt: str) -> str:
+    """The most frequent of , TAB ; | in the header line; the format's default on a tie."""
+    default = "\t" if fmt == "tsv" else ","
+    counts = {d: first_line.count(d) for d in _SNIFF_DELIMITERS}
+    best = max(counts.values())
+    if best == 0 or counts[default] == best:
+        return default
+    return max(_SNIFF_DELIMITERS, key=lambda d: counts[d])
+
+
+class Source:
+    """An opened input file: detected settings plus a streaming :meth:`records`.
+
+    Build with :func:`open_source`, which checks that the requested columns exist.
+    """
+
+    def __init__(self, path, fmt, delimiter, has_header, columns_found, cols):
+        self.path = path
+        self.format = fmt
+        self.delimiter = delimiter
+        self.has_header = has_header
+        self.columns_found = columns_found
+        self.text_col, self.label_col, self.group_col, self.extra_cols = cols
+        self.blank_lines = 0
+
+    def describe(self) -> dict:
+        """The manifest's ``source`` entry (without sha256)."""
+        return {
+            "path": self.path,
+            "format": self.format,
+            "delimiter": self.delimiter,
+            "header": self.has_header,
+            "columns_found": list(self.columns_found),
+        }
+
+    # -- reading -------------------------------------------------------------------
+
+    def records(self, counter=None) -> Iterator[Record]:
+        """Yield one :class:`Record` per row, in file order (``counter`` gets bytes read)."""
+        self.blank_lines = 0
+        lines = _DecodedLines(_byte_lines(self.path, counter))
+        if self.format == "jsonl":
+            yield from self._json_records(lines)
+        else:
+            yield from self._delimited_records(lines)
+
+    def _check(self, rec: Record) -> Record:
+        """Fill in ``skip`` for empty text / label / group."""
+        if rec.skip:
+            return rec
+        if rec.text is None or not rec.text.strip():
+            rec.skip, rec.column = "empty_text", self.text_col
+            rec.detail = "the text is empty" if rec.text is not None else "no text"
+        elif self.label_col is not None and not (rec.label or "").strip():
+            rec.skip, rec.column, rec.detail = "missing_label", self.label_col, "no label"
+        elif self.group_col is not None and not (rec.group or "").strip():
+            rec.skip, rec.column, rec.detail = "missing_group", self.group_col, "no group"
+        if rec.label is not None:
+            rec.label = rec.label.strip()
+        if rec.group is not None:
+            rec.group = rec.group.strip()
+        return rec
+
+    def _delimited_records(self, lines: _DecodedLines) -> Iterator[Record]:
+        reader = csv.reader(lines, delimiter=self.delimiter, quotechar='"', doublequote=True)
+        names = None if self.has_header else self.columns_found
+        idx = None
+        index, prev = 0, 0
+        while True:
+            try:
+                fields = next(reader)
+                err = None
+            except StopIteration:
+                return
+            except csv.Error as e:  # e.g. a field over the size limit
+                fields, err = None, str(e)
+            first, last = prev + 1, reader.line_num
+            prev = last
+            if fields is not None and _is_blank(fields):
+                self.blank_lines += 1
+                lines.bad_in(first, last)
+                continue
+            if names is None:  # the header row
+                names = self.columns_found
+                lines.bad_in(first, last)
+                continue
+            if idx is None:
+                idx = [names.index(c) if c is not None else None for c in self._wanted()]
+            rec = Record(index=index, line=first)
+            index += 1
+            bad = lines.bad_in(first, last)
+            if bad:
+                rec.skip, rec.detail = "undecodable", f"line {bad[0]}: {bad[1]}"
+            elif err is not None:
+                rec.skip, rec.detail = "malformed", f"lines {first}-{last}: {err}"
+            elif len(fields) != len(names):
+                span = f"line {first}" if first == last else f"lines {first}-{last}"
+                rec.skip = "malformed"
+                rec.detail = f"{span}: {len(fields)} fields, expected {len(names)}"
+            else:
+                vals = [fields[i] if i is not None else None for i in idx]
+                rec.text, rec.label, rec.group = vals[0], vals[1], vals[2]
+                rec.extras = tuple(vals[3:])
+            yield self._check(rec)
+
+    def _wanted(self) -> list:
+        return [self.text_col, self.label_col, self.group_col, *self.extra_cols]
+
+    def _json_records(self, lines: _DecodedLines) -> Iterator[Record]:
+        index = 0
+        for line in lines:
+            n = lines.num
+            bad = lines.bad_in(n, n)
+            if not line.strip():
+                self.blank_lines += 1
+                continue
+            rec = Record(index=index, line=n)
+            index += 1
+            if bad:
+                rec.skip, rec.detail = "undecodable", f"line {n}: {bad[1]}"
+                yield rec
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                obj, err = None, f"invalid JSON: {e}"
+            else:
+                err = None if isinstance(obj, dict) else "not a JSON object"
+            if err:
+                rec.skip, rec.detail = "malformed", f"line {n}: {err}"
+                yield rec
+                continue
+            vals = [_value(obj.get(c)) if c is not None else None for c in self._wanted()]
+            rec.text, rec.label, rec.group = vals[0], vals[1], vals[2]
+            rec.extras = tuple(v if v is not None else "" for v in vals[3:])
+            yield self._check(rec)
+
+
+def skip_error(source: Source, rec: Record) -> DataError:
+    """The --strict error for a skipped record: file, line, column, reason and fix."""
+    where = f"{source.path} line {rec.line}"
+    if rec.column:
+        where += f", column {rec.column!r}"
+    return DataError(
+        f"{where}: {rec.skip.replace('_', ' ')} ({rec.detail}). Fix: "
+        f"{FIXES[rec.skip]}; or drop --strict to skip such rows (they are counted)."
+    )
+
+
+def _first_row(path: str, delimiter: str) -> list[str]:
+    lines = _DecodedLines(_byte_lines(path))
+    for fields in csv.reader(lines, delimiter=delimiter, quotechar='"'):
+        if not _is_blank(fields):
+            return fields
+    return []
+
+
+def _first_json_keys(path: str) -> list[str]:
+    lines = _DecodedLines(_byte_lines(path))
+    for line in lines:
+        if not line.strip() or lines.bad:
+            lines.bad.clear()
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            return list(obj)
+    return []
+
+
+def open_source(
+    path: str,
+    text_col: str = "text",
+    label_col: Optional[str] = "label",
+    group_col: Optional[str] = None,
+    extra_cols: Sequence[str] = (),
+    format: Optional[str] = None,
+    delimiter: Optional[str] = None,
+    header: Optional[bool] = None,
+) -> Source:
+    """Open `path`, detecting format/delimiter/header unless given; check the columns.
+
+    ``header=None`` means: the first row is a header if it holds every requested
+    column name; otherwise, if every requested column is a 0-based index, there is no
+    header. Raises :class:`DataError` for a missing file or column (listing the
+    columns found).
+    """
+    gf = _gfile()
+    if not gf.exists(path):
+        raise DataError(f"input file not found: {path}")
+    if gf.isdir(path):
+        raise DataError(f"input is a directory, expected a file: {path}")
+    if format is not None and format not in FORMATS:
+        raise DataError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+    head = _first_bytes(path)
+    fmt = format or detect_format(path, head)
+    wanted = [c for c in (text_col, label_col, group_col, *extra_cols) if c is not None]
+    if fmt == "jsonl":
+        delimiter, has_header = None, True
+        found = _first_json_keys(path)
+    else:
+        if delimiter is None:
+            first_line = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+            delimiter = detect_delimiter(first_line, fmt)
+        elif delimiter in ("\\t", "tab", "TAB"):
+            delimiter = "\t"
+        if len(delimiter) != 1:
+            raise DataError(f"--delimiter {delimiter!r}: expected one character (or 'tab')")
+        row = [f.strip() for f in _first_row(path, delimiter)]
+        if header is None:
+            header = not (
+                not all(c in row for c in wanted)
+                and all(c.isdigit() and int(c) < len(row) for c in wanted)
+            )
+        has_header = bool(header)
+        found = row if has_header else [str(i) for i in range(len(row))]
+    missing = [c for c in wanted if c not in found]
+    if missing:
+        hint = (
+            "; if the file has no header row, pass --no-header and name columns by "
+            "0-based index"
+            if fmt != "jsonl"
+            else ""
+        )
+        shown = ", ".join(repr(c) for c in found) or "(none: is the file empty?)"
+        raise DataError(
+            f"{path}: column(s) {', '.join(repr(c) for c in missing)} not found; "
+            f"columns found: {shown}. Pass --text-col/--label-col/--group-col/--extra-cols "
+            f"with names from that list{hint}"
+            + (f" (delimiter detected: {delimiter!r}; override with --delimiter)" if delimiter else "")
+        )
+    return Source(
+        path, fmt, delimiter, has_header, found,
+        (text_col, label_col, group_col, tuple(extra_cols)),
+    )

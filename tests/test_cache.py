@@ -1,0 +1,355 @@
+"""cache.py: splits, dedupe, manifest, reuse, atomicity (kill / race), gs://-style I/O."""
+
+import collections
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+import uuid
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kt_pipeline import cache, reader
+from kt_pipeline.cli import main as cli_main
+from kt_pipeline.errors import ConfigError, DataError
+from kt_pipeline.sources import open_source
+from kt_pipeline.testing import WORDS
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def make_csv(path, n=120, labels=("neg", "pos", "mid"), groups=None, dupes=0, seed=0):
+    """A CSV of `n` distinct texts (+ `dupes` repeats) with id/label(/book) columns."""
+    rng = np.random.default_rng(seed)
+    rows = ["id,text,label" + (",book" if groups else "")]
+    for i in range(n + dupes):
+        j = i if i < n else int(rng.integers(n))
+        words = " ".join(WORDS[k] for k in np.random.default_rng(j).integers(len(WORDS), size=3 + j % 20))
+        text = f"{words} {j}"
+        row = f"{i},\"{text}\",{labels[j % len(labels)]}"
+        if groups:
+            row += f",g{j % groups}"
+        rows.append(row)
+    pathlib.Path(path).write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_preset):
+    from kt_pipeline import encoders
+
+    return encoders.load_tokenizer(tiny_preset)
+
+
+def read_split(cache_dir, split, extras=("x_id",)):
+    ds = reader.make_dataset(cache_dir, split, batch_size=64, max_seq_length=64,
+                             padding="dynamic", extras=extras)
+    out = collections.defaultdict(list)
+    for f, y in ds:
+        for k in extras:
+            out[k] += [v.decode() for v in f[k].numpy()]
+        out["label"] += y.numpy().tolist()
+    return out
+
+
+def test_manifest_counts_and_stratified_exact(tmp_path, tok):
+    src = make_csv(tmp_path / "d.csv", n=203, dupes=7)
+    m = cache.build_cache(src, str(tmp_path / "c"), tokenizer=tok, extra_cols=("id",), progress=False)
+    for key in ("schema_version", "build_id", "created", "task", "source", "columns", "labels",
+                "counts", "tokenizer", "preset", "ratios", "seed", "max_length", "shards"):
+        assert key in m
+    c = m["counts"]
+    assert c["rows_read"] == 210 and c["skipped"]["duplicate_text"] == 7
+    assert c["rows_read"] == sum(c["written"].values()) + sum(c["skipped"].values())
+    assert m["labels"] == ["mid", "neg", "pos"]
+    assert m["source"]["sha256"] == cache.file_sha256(src)
+    for split in reader.SPLITS:
+        assert sum(s["records"] for s in m["shards"] if s["split"] == split) == c["written"][split]
+    # Stratified: each label's rows are cut exactly by the largest-remainder rule.
+    per_label = collections.Counter(i % 3 for i in range(203))
+    got = {s: collections.Counter(read_split(m["cache_dir"], s)["label"]) for s in reader.SPLITS}
+    names = {"neg": 1, "pos": 2, "mid": 0}
+    for lab, n in per_label.items():
+        want = cache.split_counts(n, (0.8, 0.1, 0.1))
+        assert [got[s][names[("neg", "pos", "mid")[lab]]] for s in reader.SPLITS] == want
+    # Deduped before splitting: ids >= 203 are repeats and never written; no id twice.
+    ids = [i for s in reader.SPLITS for i in read_split(m["cache_dir"], s)["x_id"]]
+    assert sorted(map(int, ids)) == list(range(203))
+    assert "rows read 210" in cache.format_summary(m) and "duplicate_text 7" in cache.format_summary(m)
+
+
+def test_same_input_same_settings_gives_identical_bytes(tmp_path, tok):
+    src = make_csv(tmp_path / "d.csv", n=150)
+    a = cache.build_cache(src, str(tmp_path / "a"), tokenizer=tok, seed=3, progress=False)
+    b = cache.build_cache(src, str(tmp_path / "b"), tokenizer=tok, seed=3, progress=False)
+    c = cache.build_cache(src, str(tmp_path / "c"), tokenizer=tok, seed=4, progress=False)
+    files = lambda m: [(s["path"].split("/", 1)[1],
+                        (pathlib.Path(m["cache_dir"]) / s["path"]).read_bytes()) for s in m["shards"]]
+    assert files(a) == files(b)
+    assert files(a) != files(c)
+
+
+def test_grouped_split_keeps_groups_whole(tmp_path, tok):
+    src = make_csv(tmp_path / "d.csv", n=200, groups=17)
+    m = cache.build_cache(src, str(tmp_path / "c"), tokenizer=tok, group_col="book",
+                          task="clustering", progress=False)
+    seen = {s: set(read_split(m["cache_dir"], s, extras=("group",))["group"]) for s in reader.SPLITS}
+    assert all(seen[s] for s in reader.SPLITS)
+    assert not (seen["train"] & seen["validation"] or seen["train"] & seen["test"]
+                or seen["validation"] & seen["test"])
+    assert set().union(*seen.values()) == {f"g{i}" for i in range(17)}
+    # Three groups still reach all three splits.
+    three = make_csv(tmp_path / "t.csv", n=30, groups=3)
+    m = cache.build_cache(three, str(tmp_path / "t"), tokenizer=tok, group_col="book",
+                          task="clustering", progress=False)
+    assert all(m["counts"]["written"][s] == 10 for s in reader.SPLITS)
+
+
+def test_label_set_inferred_and_declared(tmp_path, tok):
+    rows = ["text,label"] + [f"the film {i},{i % 2}" for i in range(60)] + ["odd one,maybe"]
+    src = tmp_path / "l.csv"
+    src.write_text("\n".join(rows) + "\n")
+    m = cache.build_cache(str(src), str(tmp_path / "c"), tokenizer=tok, progress=False)
+    assert m["labels"] == ["0", "1"] and m["counts"]["skipped"]["label_not_in_set"] == 1
+    m = cache.build_cache(str(src), str(tmp_path / "d"), tokenizer=tok, labels=("1", "maybe"),
+                          progress=False)
+    assert m["labels"] == ["1", "maybe"] and m["counts"]["skipped"]["label_not_in_set"] == 30
+    assert cache.infer_labels({"pos": 5, "neg": 5}) == ["neg", "pos"]
+    assert cache.infer_labels({"10": 50, "2": 50, "x": 1}) == ["2", "10"]
+
+
+def test_strict_errors_name_file_line_column(tmp_path, tok):
+    src = tmp_path / "s.csv"
+    src.write_text("text,label\nfine,a\n,a\n")
+    with pytest.raises(DataError, match=r"s.csv line 3, column 'text': empty text.*Fix"):
+        cache.build_cache(str(src), str(tmp_path / "c"), tokenizer=tok, strict=True, progress=False)
+    src.write_text("text,label\nfine,a\nok,b\nfine,b\n")
+    with pytest.raises(DataError, match=r"line 4, column 'text': duplicate text \(same as line 2\)"):
+        cache.build_cache(str(src), str(tmp_path / "c"), tokenizer=tok, strict=True, progress=False)
+    with pytest.raises(DataError, match=r"line 3, column 'label': label 'b' is not in --labels"):
+        cache.build_cache(str(src), str(tmp_path / "c"), tokenizer=tok, strict=True,
+                          labels=("a",), progress=False)
+    assert not (tmp_path / "c" / "manifest.json").exists()
+
+
+def test_reuse_rebuild_no_rebuild_force(tmp_path, tok, tiny_preset):
+    src = make_csv(tmp_path / "d.csv", n=50)
+    out = str(tmp_path / "c")
+    with pytest.raises(reader.CacheError, match="no cache"):
+        cache.ensure_cache(src, out, tokenizer=tok, rebuild=False, progress=False)
+    first = cache.ensure_cache(src, out, tokenizer=tok, progress=False)
+    assert first["reused"] is False
+    again = cache.ensure_cache(src, out, tokenizer=tok, progress=False)
+    assert again["reused"] is True and again["build_id"] == first["build_id"]
+    with pytest.raises(reader.CacheError, match=r"seed: 0 -> 5.*without --no-rebuild"):
+        cache.ensure_cache(src, out, tokenizer=tok, seed=5, rebuild=False, progress=False)
+    pathlib.Path(src).write_text(pathlib.Path(src).read_text() + "a new row,pos\n")
+    with pytest.raises(reader.CacheError, match="sha256"):
+        cache.ensure_cache(src, out, tokenizer=tok, rebuild=False, progress=False)
+    rebuilt = cache.ensure_cache(src, out, tokenizer=tok, progress=False)
+    assert rebuilt["reused"] is False and rebuilt["counts"]["rows_read"] == 51
+    forced = cache.ensure_cache(src, out, tokenizer=tok, force=True, progress=False)
+    assert forced["build_id"] != rebuilt["build_id"]
+    # Old data dirs are ignored by the reader and collected once old enough.
+    dirs = sorted(p.name for p in pathlib.Path(out).glob("data-*"))
+    assert len(dirs) == 3
+    removed = cache.collect_garbage(out, max_age=-1)
+    assert sorted(removed) == sorted(d for d in dirs if d != "data-" + forced["build_id"])
+    assert reader.num_examples(out, "train") == forced["counts"]["written"]["train"]
+
+
+def test_settings_are_validated(tmp_path):
+    with pytest.raises(ConfigError, match="ratios"):
+        cache.CacheSettings(ratios=(0.5, 0.1, 0.1))
+    with pytest.raises(ConfigError, match="group-col"):
+        cache.CacheSettings(task="clustering")
+    assert cache.default_cache_dir("../shared/data/sst2/train.tsv") == os.path.join("tfrecords", "train")
+
+
+def test_ram_filesystem_round_trip(tok):
+    root = f"ram://kt-{uuid.uuid4().hex}"
+    src = f"{root}/in/data.csv"
+    tf.io.gfile.makedirs(f"{root}/in")
+    with tf.io.gfile.GFile(src, "w") as f:
+        f.write("text,label\r\n" + "".join(f"\"the movie, {i}\",{'ab'[i % 2]}\r\n" for i in range(40)))
+    m = cache.ensure_cache(src, f"{root}/cache", tokenizer=tok, progress=False)
+    assert reader.load_manifest(f"{root}/cache")["build_id"] == m["build_id"]
+    n = sum(int(y.shape[0]) for _, y in reader.make_dataset(
+        f"{root}/cache", "train", batch_size=8, max_seq_length=32, padding="dynamic"))
+    assert n == m["counts"]["written"]["train"] == 32
+    assert cache.ensure_cache(src, f"{root}/cache", tokenizer=tok, progress=False)["reused"]
+
+
+# -- atomicity: kill mid-build, concurrent builds --------------------------------------
+
+BUILD = (
+    "import sys; from kt_pipeline import cache; "
+    "cache.build_cache(sys.argv[1], sys.argv[2], preset=sys.argv[3], progress=False)"
+)
+
+
+def _spawn(src, out, preset, **env):
+    e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **env)
+    return subprocess.Popen([sys.executable, "-c", BUILD, src, out, preset], env=e,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+
+
+def _wait_for(path, proc, timeout=120):
+    t = time.time()
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() - t < timeout
+        time.sleep(0.1)
+
+
+def test_killed_build_never_loads_then_rebuild_works(tmp_path, tok, tiny_preset):
+    src = make_csv(tmp_path / "d.csv", n=600)
+    out = str(tmp_path / "c")
+    marker = str(tmp_path / "paused")
+    proc = _spawn(src, out, tiny_preset, KT_TEST_BUILD_PAUSE="60", KT_TEST_BUILD_PAUSE_MARKER=marker)
+    _wait_for(marker, proc)
+    assert list(pathlib.Path(out).glob("data-*/*.tfrecord"))  # mid-way: shards exist
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with pytest.raises(reader.CacheError):
+        reader.load_manifest(out)
+    good = cache.build_cache(src, out, tokenizer=tok, progress=False)
+    # A killed rebuild leaves the previous complete cache loadable.
+    os.remove(marker)
+    proc = _spawn(src, out, tiny_preset, KT_TEST_BUILD_PAUSE="60", KT_TEST_BUILD_PAUSE_MARKER=marker)
+    _wait_for(marker, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    m = reader.load_manifest(out)
+    assert m["build_id"] == good["build_id"]
+    assert sum(1 for _ in tf.data.TFRecordDataset(
+        [os.path.join(out, s["path"]) for s in m["shards"]])) == 600
+
+
+def test_two_concurrent_builds_leave_a_complete_cache(tmp_path, tok, tiny_preset):
+    src = make_csv(tmp_path / "d.csv", n=400)
+    out = str(tmp_path / "c")
+    marker = str(tmp_path / "paused")
+    # The other process pauses mid-build; this one builds the same cache meanwhile.
+    proc = _spawn(src, out, tiny_preset, KT_TEST_BUILD_PAUSE="3", KT_TEST_BUILD_PAUSE_MARKER=marker)
+    _wait_for(marker, proc)
+    mine = cache.build_cache(src, out, tokenizer=tok, progress=False)
+    assert proc.poll() is None  # the builds overlapped
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    m = reader.load_manifest(out)
+    assert m["build_id"] != mine["build_id"]  # the later rename won
+    assert len(list(pathlib.Path(out).glob("data-*"))) == 2
+    assert sum(1 for _ in tf.data.TFRecordDataset(
+        [os.path.join(out, s["path"]) for s in m["shards"]])) == 400
+    assert sum(reader.num_examples(out, s) for s in reader.SPLITS) == 400
+
+
+# -- pass 1: invariant and flat memory -------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.one_of(
+    st.tuples(st.sampled_from(["good film", "bad film", "", " ", "x,y", '"q']),
+              st.sampled_from(["0", "1", "", "z", "0,0"])).map(lambda t: f"{t[0]},{t[1]}"),
+    st.binary(max_size=20).map(lambda b: b.decode("latin-1"))), max_size=40),
+    declared=st.sampled_from([None, ("0", "1")]))
+def test_property_scan_accounts_for_every_row(tmp_path_factory, lines, declared):
+    path = tmp_path_factory.mktemp("s") / "s.csv"
+    path.write_bytes(("text,label\n" + "\n".join(lines)).encode("utf-8", errors="replace")
+                     + b"\xff\n" * (len(lines) % 2))
+    src = open_source(str(path), "text", "label", delimiter=",", header=True)
+    sc = cache.scan(src, progress=False)
+    labels, keep = cache.select_rows(sc, declared, src)
+    assert sc.rows_read == len(keep) + sum(sc.skipped.values())
+    assert len(set(sc.hashes[keep].tolist())) == len(keep)
+
+
+def _scan_peak(path, rows):
+    text = "the film was good " * 55  # ~1 KB per row
+    with open(path, "w") as f:
+        f.write("text,label\n")
+        for i in range(rows):
+            f.write(f"{text}{i},{i % 2}\n")
+    src = open_source(str(path), "text", "label")
+    tracemalloc.start()
+    sc = cache.scan(src, progress=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(sc.ordinal) == rows
+    return peak
+
+
+def test_pass1_memory_stays_flat(tmp_path):
+    small = _scan_peak(tmp_path / "small.csv", 2000)
+    big = _scan_peak(tmp_path / "big.csv", 8000)
+    # 6 MB more text; only compact per-row metadata (tens of bytes a row) may grow.
+    assert big - small < 1_000_000, (small, big)
+
+
+# -- CLI and real data ----------------------------------------------------------------
+
+
+def test_cli_build_and_errors(tmp_path, tiny_preset, capsys):
+    src = make_csv(tmp_path / "d.csv", n=40)
+    out = str(tmp_path / "c")
+    args = ["build-tfrecords", "--input", src, "--output", out, "--preset", tiny_preset, "--quiet"]
+    assert cli_main(args) == 0
+    assert "rows read 40" in capsys.readouterr().out
+    assert cli_main(args + ["--no-rebuild"]) == 0
+    assert "reused" in capsys.readouterr().out
+    assert cli_main(args + ["--no-rebuild", "--seed", "2"]) == 2
+    assert "seed: 0 -> 2" in capsys.readouterr().err
+    assert cli_main(args + ["--text-col", "body", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "'body' not found" in err and "'id', 'text', 'label'" in err
+
+
+def test_nsmc_builds_with_only_text_and_label_cols(shared_data, tmp_path, tiny_preset, capsys):
+    out = str(tmp_path / "nsmc")
+    rc = cli_main(["build-tfrecords", "--input", str(shared_data / "nsmc" / "ratings_train.txt"),
+                   "--text-col", "document", "--label-col", "label", "--output", out,
+                   "--preset", tiny_preset, "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    m = reader.load_manifest(out)
+    assert m["labels"] == ["0", "1"] and m["source"]["delimiter"] == "\t"
+    c = m["counts"]
+    assert c["rows_read"] == 10000 == sum(c["written"].values()) + sum(c["skipped"].values())
+
+
+def test_sst2_scans_with_only_text_and_label_cols(shared_data):
+    src = open_source(str(shared_data / "sst2" / "train.tsv"), "sentence", "label")
+    sc = cache.scan(src, progress=False)
+    labels, keep = cache.select_rows(sc, None, src)
+    assert labels == ["0", "1"] and sc.rows_read == 67349
+    assert sc.rows_read == len(keep) + sum(sc.skipped.values())
+
+
+def test_build_shows_progress_without_a_tty(tmp_path, tok, capsys):
+    src = make_csv(tmp_path / "d.csv", n=30)
+    cache.build_cache(src, str(tmp_path / "c"), tokenizer=tok, progress=True)
+    err = capsys.readouterr().err
+    assert "pass 1/2: parse: " in err and "(100%" in err
+    assert "pass 2/2: tokenize+write: 30/30 rows" in err and "\r" not in err
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(
+    st.sampled_from(["good film", "bad film", "", "  ", '"open quote', "a,b", "fine \udcff"]),
+    st.sampled_from(["pos", "neg", "", "?"])), min_size=1, max_size=30))
+def test_property_cli_build_never_tracebacks(tmp_path_factory, tiny_preset, rows):
+    d = tmp_path_factory.mktemp("e2e")
+    body = "".join(f"{t}{i},{lab}\n" if t else f",{lab}\n" for i, (t, lab) in enumerate(rows))
+    (d / "in.csv").write_bytes(("text,label\n" + body).encode("utf-8", errors="surrogateescape"))
+    rc = cli_main(["build-tfrecords", "--input", str(d / "in.csv"), "--output", str(d / "c"),
+                   "--preset", tiny_preset, "--quiet"])
+    assert rc in (0, 2)  # 2: a KtError such as "no usable rows", never a traceback
+    if rc == 0:
+        c = reader.load_manifest(str(d / "c"))["counts"]
+        assert c["rows_read"] == sum(c["written"].values()) + sum(c["skipped"].values())

@@ -1,0 +1,113 @@
+"""The AdamW + warmup/decay recipe: schedule shape, continuation, decay exclusions."""
+
+import math
+
+import numpy as np
+import pytest
+
+import keras
+
+from kt_pipeline import optim
+from kt_pipeline.errors import ConfigError
+
+
+def lrs(schedule, steps):
+    return np.array([float(schedule(s)) for s in steps])
+
+
+def test_linear_warmup_then_linear_decay():
+    s = optim.WarmupDecay(1e-3, warmup_steps=10, total_steps=110)
+    warm = lrs(s, range(10))
+    assert np.all(np.diff(warm) > 0)
+    np.testing.assert_allclose(warm, 1e-3 * np.arange(1, 11) / 10, rtol=1e-6)
+    np.testing.assert_allclose(float(s(10)), 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(float(s(60)), 0.5e-3, rtol=1e-6)
+    decay = lrs(s, range(10, 111))
+    assert np.all(np.diff(decay) < 0)
+    assert float(s(110)) == 0.0 and float(s(500)) == 0.0
+
+
+def test_cosine_and_constant_decay():
+    cos = optim.WarmupDecay(1e-3, warmup_steps=0, total_steps=100, decay="cosine")
+    np.testing.assert_allclose(float(cos(0)), 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(float(cos(50)), 0.5e-3, rtol=1e-5)
+    np.testing.assert_allclose(float(cos(25)), 1e-3 * (1 + math.cos(math.pi / 4)) / 2, rtol=1e-5)
+    assert float(cos(100)) == pytest.approx(0.0, abs=1e-12)
+    const = optim.WarmupDecay(1e-3, warmup_steps=4, total_steps=100, decay="constant")
+    np.testing.assert_allclose(lrs(const, [4, 50, 99, 1000]), 1e-3, rtol=1e-6)
+    assert float(const(1)) < 1e-3
+
+
+def test_initial_step_continues_the_schedule():
+    full = optim.WarmupDecay(1e-3, warmup_steps=20, total_steps=200)
+    cont = optim.WarmupDecay(1e-3, warmup_steps=20, total_steps=200, initial_step=30)
+    np.testing.assert_allclose(lrs(cont, range(0, 170)), lrs(full, range(30, 200)), rtol=1e-6)
+    restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(cont))
+    assert float(restored(0)) == pytest.approx(float(full(30)))
+
+
+def _tiny_model():
+    inp = keras.Input((4,))
+    x = keras.layers.Dense(8, name="dense")(inp)
+    x = keras.layers.LayerNormalization(name="LayerNorm")(x)
+    out = keras.layers.Dense(2, name="out")(x)
+    return keras.Model(inp, out)
+
+
+class RecordLR(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.lrs = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        opt = self.model.optimizer
+        self.lrs.append(float(opt._learning_rate(opt.iterations)))
+
+
+def test_continued_run_uses_the_continued_learning_rates():
+    """Hyperband-style continuation (fresh optimizer, initial_epoch) with initial_step=N
+    sees the same learning rates as the uninterrupted run; without it, warmup restarts."""
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    steps, epochs = 4, 3
+    total = steps * epochs
+
+    def run(initial_step, initial_epoch):
+        model = _tiny_model()
+        model.compile(optim.build_optimizer(1e-2, 6, total, initial_step=initial_step), loss)
+        rec = RecordLR()
+        model.fit(x, y, batch_size=8, epochs=epochs, initial_epoch=initial_epoch,
+                  callbacks=[rec], verbose=0)
+        return np.array(rec.lrs)
+
+    straight = run(0, 0)
+    assert len(straight) == total
+    continued = run(steps, 1)
+    np.testing.assert_allclose(continued, straight[steps:], rtol=1e-6)
+    restarted = run(0, 1)
+    assert not np.allclose(restarted, straight[steps:])
+
+
+def test_no_weight_decay_on_layernorm_and_bias():
+    """With zero gradients AdamW only decays: kernels shrink, biases and LayerNorm don't."""
+    model = _tiny_model()
+    for v in model.trainable_variables:  # make biases/beta nonzero so decay would show
+        v.assign(np.ones(v.shape, dtype="float32"))
+    opt = optim.build_optimizer(0.1, 0, 10, weight_decay=0.5, decay="constant")
+    opt.apply_gradients([(np.zeros(v.shape, "float32"), v) for v in model.trainable_variables])
+    changed = {v.path: not np.allclose(v.numpy(), 1.0) for v in model.trainable_variables}
+    assert changed["dense/kernel"] and changed["out/kernel"]
+    assert not changed["dense/bias"] and not changed["out/bias"]
+    assert not changed["LayerNorm/gamma"] and not changed["LayerNorm/beta"]
+
+
+def test_clipping_and_validation():
+    assert optim.build_optimizer(1e-3, 0, 10, clipnorm=1.0).global_clipnorm == 1.0
+    assert optim.build_optimizer(1e-3, 0, 10, clipnorm=None).global_clipnorm is None
+    with pytest.raises(ConfigError, match="decay"):
+        optim.WarmupDecay(1e-3, 0, 10, decay="step")
+    with pytest.raises(ConfigError, match="warmup_fraction"):
+        optim.resolve_warmup(100, warmup_fraction=1.5)
+    assert optim.resolve_warmup(100, warmup_steps=7) == 7
+    assert optim.resolve_warmup(100, warmup_steps=7, warmup_fraction=0.1) == 10

@@ -1,0 +1,213 @@
+"""`train` / `evaluate` end to end on the tiny BERT: model dir contents, ram://, resume."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+
+from kt_pipeline import cli, evaluate, optim, training
+from kt_pipeline.config import TrainConfig
+from kt_pipeline.errors import ConfigError, KtError
+from kt_pipeline.strategy import StrategyError
+
+FAST = dict(batch_size=16, max_seq_length=32, learning_rate=3e-3, pooling="mean", strategy="cpu")
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory, tiny_preset, sample_csv):
+    """The bundled 400-row demo data tokenized for the tiny BERT (320/40/40 split)."""
+    from kt_pipeline import cache
+
+    path = str(tmp_path_factory.mktemp("cache") / "demo")
+    cache.build_cache(sample_csv, path, preset=tiny_preset, max_length=64, progress=False)
+    return path
+
+
+def read_history(path):
+    with tf.io.gfile.GFile(path) as f:
+        return list(csv.DictReader(io.StringIO(f.read())))
+
+
+def test_train_and_evaluate_on_ram_filesystem(demo_cache, capsys):
+    model_dir = "ram://test_training/run1"
+    rc = cli.main(["train", "--cache", demo_cache, "--model-dir", model_dir, "--epochs", "2",
+                   "--batch-size", "16", "--max-seq-length", "32", "--pooling", "mean",
+                   "--strategy", "cpu", "--set", "learning_rate=3e-3", "--set", "warmup_fraction=0.1"])
+    assert rc == 0
+    files = set(tf.io.gfile.listdir(model_dir))
+    assert {"config.json", "labels.json", "best.keras", "history.csv", "train_summary.json"} <= files
+    assert "backup" not in files and "backup/" not in files  # removed after a finished run
+    assert tf.io.gfile.glob(f"{model_dir}/logs/train/*tfevents*")
+    config = json.loads(tf.io.gfile.GFile(f"{model_dir}/config.json").read())
+    assert config["learning_rate"] == 3e-3 and config["pooling"] == "mean"
+    assert json.loads(tf.io.gfile.GFile(f"{model_dir}/labels.json").read()) == ["negative", "positive"]
+    summary = json.loads(tf.io.gfile.GFile(f"{model_dir}/train_summary.json").read())
+    assert summary["steps_per_epoch"] == 20 and summary["total_steps"] == 40
+    assert summary["warmup_steps"] == 4 and summary["initial_epoch"] == 0
+    rows = read_history(f"{model_dir}/history.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert float(rows[1]["loss"]) < float(rows[0]["loss"])  # it learns something
+    assert "best val_accuracy=" in capsys.readouterr().out
+
+    rc = cli.main(["evaluate", "--model-dir", model_dir])
+    out = capsys.readouterr().out
+    assert rc == 0 and "macro_f1" in out and "roc_auc" in out
+    results = json.loads(tf.io.gfile.GFile(f"{model_dir}/results.json").read())["test"]
+    assert results["examples"] == 40
+    assert sum(map(sum, results["confusion_matrix"])) == 40
+    assert 0.0 <= results["accuracy"] <= 1.0 and 0.0 <= results["roc_auc"] <= 1.0
+    png = tf.io.gfile.GFile(f"{model_dir}/confusion_matrix_test.png", "rb").read()
+    assert png.startswith(b"\x89PNG")
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    import keras
+    from kt_pipeline import training
+    from kt_pipeline.config import TrainConfig
+
+    class KillAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                sys.stdout.flush()
+                os._exit(17)  # like a preemption: no cleanup, no on_train_end
+
+    training.train(TrainConfig(**json.loads(sys.argv[1])), extra_callbacks=[KillAfterFirstEpoch()])
+""")
+
+
+def test_killed_run_resumes_at_the_next_epoch(demo_cache, tmp_path):
+    model_dir = str(tmp_path / "run")
+    cfg = TrainConfig(cache_dir=demo_cache, model_dir=model_dir, epochs=3, warmup_steps=5, **FAST)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(cfg.to_dict())],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 17, proc.stderr[-3000:]
+    first = read_history(f"{model_dir}/history.csv")
+    assert [int(r["epoch"]) for r in first] == [0]
+    assert tf.io.gfile.exists(f"{model_dir}/backup")
+
+    summary = training.train(cfg, verbose=0)
+    assert summary["initial_epoch"] == 1 and summary["epochs_run_this_time"] == 2
+    rows = read_history(f"{model_dir}/history.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert rows[0] == first[0]  # the killed run's epoch is kept, not redone
+    # The optimizer state came back too: the schedule continued at step 2 * 20.
+    schedule = optim.WarmupDecay(cfg.learning_rate, 5, 60)
+    assert float(rows[1]["lr"]) == pytest.approx(float(schedule(40)), rel=1e-5)
+    assert not tf.io.gfile.exists(f"{model_dir}/backup")
+
+
+def test_tpu_strategy_rejects_local_paths_before_building_anything(demo_cache, tmp_path):
+    model_dir = str(tmp_path / "never_created")
+    cfg = TrainConfig(cache_dir=demo_cache, model_dir=model_dir, strategy="tpu")
+    start = time.time()
+    with pytest.raises(StrategyError, match="gs://") as err:
+        training.train(cfg)
+    assert time.time() - start < 5
+    assert "cache_dir" in str(err.value) and "model_dir" in str(err.value)
+    assert not os.path.exists(model_dir)
+
+
+def test_cli_reports_tpu_path_error_without_traceback(demo_cache, tmp_path, capsys):
+    rc = cli.main(["train", "--cache", demo_cache, "--model-dir", str(tmp_path / "x"),
+                   "--strategy", "tpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error:" in err and "gs://" in err and "Traceback" not in err
+
+
+def test_make_datasets_static_shapes_and_step_counts(demo_cache):
+    from kt_pipeline import reader
+
+    manifest = reader.load_manifest(demo_cache)
+    cfg = TrainConfig(cache_dir=demo_cache, batch_size=24, max_seq_length=40, padding="bucket")
+    data = training.make_datasets(cfg, manifest)
+    assert (data.train_examples, data.validation_examples) == (320, 40)
+    assert data.steps_per_epoch == 14 and data.validation_steps is None  # ceil(320 / 24)
+    fixed = training.make_datasets(cfg, manifest, static_shapes=True)
+    assert fixed.steps_per_epoch == 13 and fixed.validation_steps == 1  # full batches only
+    for features, labels in fixed.train.take(15):  # repeats past one epoch
+        assert features["token_ids"].shape == (24, 40) and labels.shape == (24,)
+    capped = training.make_datasets(TrainConfig(cache_dir=demo_cache, batch_size=16,
+                                                max_train_examples=50), manifest)
+    assert capped.train_examples == 50 and capped.steps_per_epoch == 4
+
+
+def test_nan_guard_names_the_step_and_the_fixes():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.ones((8, 2), "float32")
+    x[5] = np.nan  # batch 3 (of 4) has a NaN
+    guard = training.NaNGuard(steps_per_epoch=4)
+    model.fit(x, np.zeros(8, "int32"), batch_size=2, epochs=3, callbacks=[guard],
+              shuffle=False, verbose=0)
+    assert guard.failed_at[:2] == (0, 3)
+    msg = guard.message(TrainConfig(learning_rate=1e-4, mixed_precision=True))
+    assert "step 3" in msg and "learning_rate" in msg and "clipnorm" in msg and "float32" in msg
+
+
+def test_bad_settings_fail_before_training(demo_cache):
+    with pytest.raises(ConfigError, match="padding"):
+        training.train(TrainConfig(cache_dir=demo_cache, padding="ragged"))
+    from kt_pipeline import reader
+
+    with pytest.raises(ConfigError, match="batch_size"):  # no full batch for a TPU
+        training.make_datasets(TrainConfig(cache_dir=demo_cache, batch_size=1000),
+                               reader.load_manifest(demo_cache), static_shapes=True)
+    with pytest.raises(KtError, match="not found|manifest"):
+        training.train(TrainConfig(cache_dir="/nonexistent/cache", strategy="cpu"))
+    with pytest.raises(KtError, match="model dir not found"):
+        evaluate.evaluate("/nonexistent/run")
+
+
+def test_cli_settings_order_defaults_yaml_flags_set(tmp_path):
+    from kt_pipeline.commands import train as train_cmd
+    import argparse
+
+    yaml_path = tmp_path / "train.yaml"
+    yaml_path.write_text("cache_dir: c\nmodel_dir: m\nepochs: 5\nbatch_size: 8\npooling: mean\n")
+    parser = argparse.ArgumentParser()
+    train_cmd.add_arguments(parser)
+    args = parser.parse_args(["--config", str(yaml_path), "--epochs", "2", "--freeze-body",
+                              "--set", "epochs=4", "--set", "dropout=0.2"])
+    cfg = train_cmd.resolve_config(args)
+    assert (cfg.cache_dir, cfg.epochs, cfg.batch_size, cfg.pooling) == ("c", 4, 8, "mean")
+    assert cfg.freeze_body is True and cfg.dropout == 0.2 and cfg.mixed_precision is False
+    with pytest.raises(ConfigError, match="--cache"):
+        train_cmd.resolve_config(parser.parse_args(["--model-dir", "m"]))
+
+
+def test_compute_metrics_against_hand_counts():
+    res = evaluate.compute_metrics([0, 0, 1, 1, 2], [[.9, .05, .05], [.2, .7, .1], [.1, .8, .1],
+                                                     [.3, .6, .1], [.1, .1, .8]], ["a", "b", "c"])
+    assert res["accuracy"] == pytest.approx(4 / 5)
+    assert res["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 1]]
+    assert res["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
+    assert res["macro_recall"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert res["roc_auc"] is None  # only for binary tasks
+    assert "macro_f1" in evaluate.format_table({**res, "split": "test"})
+
+
+def test_mixed_precision_run_keeps_float32_logits_and_restores_policy(demo_cache):
+    model_dir = "ram://test_training/bf16"
+    cfg = TrainConfig(cache_dir=demo_cache, model_dir=model_dir, epochs=1, mixed_precision=True,
+                      max_train_examples=32, padding="dynamic", **FAST)
+    summary = training.train(cfg, verbose=0)
+    assert summary["policy"] == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+    from kt_pipeline import models
+
+    model = models.load_classifier(model_dir)
+    ids = np.array([[2, 30, 31, 3, 0]], "int32")
+    out = model({"token_ids": ids, "padding_mask": ids != 0})
+    assert out.dtype == tf.float32 and np.all(np.isfinite(out.numpy()))
