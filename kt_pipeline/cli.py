@@ -61,6 +61,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NOISE = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ", "E0000 ")
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and probe devices with its C++ start-up chatter filtered.
+
+    TF 2.21 logs oneDNN/CUDA notices through absl before TF_CPP_MIN_LOG_LEVEL applies;
+    they go straight to file descriptor 2. We capture that descriptor while importing,
+    then replay whatever is not such a notice. Set KT_TF_VERBOSE=1 to see everything.
+    """
+    if os.environ.get("KT_TF_VERBOSE") or "tensorflow" in sys.modules:
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode("utf-8", "replace").splitlines():
+                if line and not line.startswith(_NOISE) and "rebuild TensorFlow" not in line:
+                    print(line, file=sys.stderr)
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -69,6 +101,7 @@ def main(argv=None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    import_tensorflow_quietly()
     try:
         return int(args._run(args) or 0)
     except KtError as e:

@@ -92,6 +92,13 @@ def resolve_preset(preset: str | None) -> str:
 def _from_preset(kind: str, loader, preset: str | None, **kwargs):
     """Call a KerasHub ``from_preset`` and turn its failures into an EncoderError."""
     resolved = resolve_preset(preset)
+    if resolved == preset and "://" not in resolved and resolved not in loader.__self__.presets:
+        raise EncoderError(
+            f"preset {preset!r} is neither a directory nor a KerasHub preset name; pass a Hugging "
+            "Face checkpoint directory (config.json + model.safetensors), a KerasHub preset "
+            "directory, or a name such as 'bert_base_en_uncased' (see "
+            "keras_hub.models.Backbone.presets)"
+        )
     try:
         return loader(resolved, **kwargs)
     except (ValueError, FileNotFoundError, KeyError, OSError) as e:

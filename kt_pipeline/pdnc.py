@@ -52,6 +52,7 @@ MARKERS = ("«", "»")
 CONTEXT_CHARS = 1500  # stored context per side; windows are cut from it
 _SENTENCE = re.compile(r"(?<=[.!?;])\s+")
 _SPACE = re.compile(r"\s+")
+_QUOTE_MARKS = " \"'`\u201c\u201d\u2018\u2019"
 
 
 def _gfile():
@@ -236,7 +237,9 @@ def windowed_text(example: dict, window: int = 0, unit: str = "words",
         text = " ".join(text.split()[: int(quote_words)]) + " ..."
     if not window:
         return text
-    before, after = example.get("context_before") or "", example.get("context_after") or ""
+    # The quote's own quotation marks are replaced by the markers.
+    before = (example.get("context_before") or "").rstrip(_QUOTE_MARKS)
+    after = (example.get("context_after") or "").lstrip(_QUOTE_MARKS)
     if unit == "words":
         before = " ".join(before.split()[-window:])
         after = " ".join(after.split()[:window])

@@ -85,6 +85,8 @@ class ParamSpec:
         if self.kind == "fixed":
             return hp.Fixed(self.name, self.value)
         if self.kind == "choice":
+            if sorted(map(repr, self.values)) == ["False", "True"]:
+                return hp.Boolean(self.name)  # Choice would store 0/1
             return hp.Choice(self.name, self.values)
         if self.kind == "int":
             return hp.Int(self.name, int(self.min), int(self.max),
@@ -271,7 +273,7 @@ class SearchConfig:
             cfg.warmup_fraction = None
         for k, v in values.items():
             if k in TUNABLE:
-                setattr(cfg, k, v)
+                setattr(cfg, k, bool(v) if k == "freeze_body" else v)
         return cfg
 
     def to_dict(self) -> dict:

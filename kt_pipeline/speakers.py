@@ -94,6 +94,7 @@ class ClusterConfig:
     weight_decay: float = 0.01
     clipnorm: Optional[float] = 1.0
     eval_every: int = 100
+    log_every: int = 25
     monitor: str = "v_measure"  # v_measure | ari
     eval_method: str = "bisecting_kmeans"  # used for the monitor during training
     max_eval_quotes: Optional[int] = 400  # per book, during training evaluation
@@ -495,6 +496,9 @@ def train(cfg: ClusterConfig, log=print, plots: bool = True) -> dict:
             log(f"step {step}/{cfg.steps} loss {parts['loss']:.4f} pos {parts['pos_dist']:.3f} "
                 f"neg {parts['neg_dist']:.3f} | val ari {scores['ari']:.4f} v {scores['v_measure']:.4f}"
                 f" ({time.time() - start:.0f}s)")
+        elif step % cfg.log_every == 0:
+            log(f"step {step}/{cfg.steps} loss {parts['loss']:.4f} pos {parts['pos_dist']:.3f} "
+                f"neg {parts['neg_dist']:.3f} ({time.time() - start:.0f}s)")
         history.append(row)
         with writer.as_default(step=step):
             for k, v in row.items():

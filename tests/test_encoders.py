@@ -10,6 +10,7 @@ from safetensors.numpy import load_file
 
 from kt_pipeline import encoders, hf_fixtures
 from kt_pipeline.errors import KtError
+from kt_pipeline.models import backbone_input_names
 
 TEXTS = ["The movie was really good .", "i hated the ending"]
 # Where each family's token embedding lives, in the HF file and in the KerasHub backbone.
@@ -56,8 +57,7 @@ def test_hf_checkpoint_loads_with_weights_and_specials(model_type, tmp_path):
     # The backbone runs on the encoded ids.
     dense = ids.to_tensor(enc.pad_id)
     inputs = {"token_ids": dense, "padding_mask": dense != enc.pad_id}
-    if "segment_ids" in [t.name for t in backbone.inputs] or isinstance(backbone.input, dict) \
-            and "segment_ids" in backbone.input:
+    if "segment_ids" in backbone_input_names(backbone):
         inputs["segment_ids"] = tf.zeros_like(dense)
     out = backbone(inputs)
     seq = out["sequence_output"] if isinstance(out, dict) else out

@@ -173,3 +173,23 @@ def test_other_tokenizer_families_export(model_type, tmp_path):
                                      str(tmp_path / "export"))
     got = export.load_exported(path).predict(TEXTS)["probabilities"]
     np.testing.assert_allclose(got, in_memory_probabilities(model, tokenizer, TEXTS), atol=1e-5)
+
+
+def test_export_of_a_real_training_run(tiny_preset, sample_csv, tmp_path):
+    # The model dir exactly as `training.train` writes it.
+    from kt_pipeline import cache, training
+    from kt_pipeline.config import TrainConfig
+
+    cache.build_cache(sample_csv, str(tmp_path / "cache"), preset=tiny_preset, progress=False,
+                      text_col="text", label_col="label")
+    cfg = TrainConfig(cache_dir=str(tmp_path / "cache"), model_dir=str(tmp_path / "run"),
+                      epochs=1, batch_size=16, max_seq_length=10, max_train_examples=32)
+    training.train(cfg, verbose=0)
+    path = export.export_model_dir(cfg.model_dir)
+    served = export.load_exported(cfg.model_dir)
+    assert served.labels == models.load_labels(cfg.model_dir) and served.max_seq_length == 10
+    model = models.load_classifier(cfg.model_dir)
+    tokenizer = encoders.load_tokenizer(tiny_preset)
+    np.testing.assert_allclose(served.predict(TEXTS)["probabilities"],
+                               in_memory_probabilities(model, tokenizer, TEXTS, 10), atol=1e-5)
+    assert export.read_export_info(path)["preset"] == tiny_preset

@@ -38,7 +38,7 @@ def test_two_workers_train_the_same_weights(demo_cache, tmp_path):
                "TF_CONFIG": json.dumps({"cluster": {"worker": workers},
                                         "task": {"type": "worker", "index": index}})}
         cmd = [sys.executable, "-m", "kt_pipeline.cli", "train", "--cache", demo_cache,
-               "--model-dir", model_dir, "--epochs", "2", "--batch-size", "16",
+               "--model-dir", model_dir, "--epochs", "2", "--batch-size", "16", "--max-train-examples", "96",
                "--max-seq-length", "32", "--strategy", "multiworker", "--seed", "3"]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
@@ -55,7 +55,7 @@ def test_two_workers_train_the_same_weights(demo_cache, tmp_path):
     chief = json.loads(open(os.path.join(model_dir, "train_summary.json")).read())
     other = json.loads(open(os.path.join(model_dir, "workers", "1", "train_summary.json")).read())
     assert chief["strategy"].startswith("MultiWorkerMirroredStrategy (worker 0 of 2")
-    assert chief["num_replicas"] == 2 and chief["steps_per_epoch"] == 20  # 320 // 16
+    assert chief["num_replicas"] == 2 and chief["steps_per_epoch"] == 6  # 96 // 16
     assert chief["weights_sha256"] == other["weights_sha256"]
     assert os.path.exists(os.path.join(model_dir, "best.keras"))
     assert chief["final"]["epoch"] == 1

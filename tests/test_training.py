@@ -88,7 +88,8 @@ KILL_SCRIPT = textwrap.dedent("""
 
 def test_killed_run_resumes_at_the_next_epoch(demo_cache, tmp_path):
     model_dir = str(tmp_path / "run")
-    cfg = TrainConfig(cache_dir=demo_cache, model_dir=model_dir, epochs=3, warmup_steps=5, **FAST)
+    cfg = TrainConfig(cache_dir=demo_cache, model_dir=model_dir, epochs=3, warmup_steps=5,
+                      max_train_examples=64, **FAST)  # 4 steps per epoch
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(cfg.to_dict())],
                           capture_output=True, text=True, env=env, timeout=300)
@@ -102,9 +103,9 @@ def test_killed_run_resumes_at_the_next_epoch(demo_cache, tmp_path):
     rows = read_history(f"{model_dir}/history.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert rows[0] == first[0]  # the killed run's epoch is kept, not redone
-    # The optimizer state came back too: the schedule continued at step 2 * 20.
-    schedule = optim.WarmupDecay(cfg.learning_rate, 5, 60)
-    assert float(rows[1]["lr"]) == pytest.approx(float(schedule(40)), rel=1e-5)
+    # The optimizer state came back too: after epoch 2 the schedule is at step 2 * 4.
+    schedule = optim.WarmupDecay(cfg.learning_rate, 5, 12)
+    assert float(rows[1]["lr"]) == pytest.approx(float(schedule(8)), rel=1e-5)
     assert not tf.io.gfile.exists(f"{model_dir}/backup")
 
 
