@@ -50,7 +50,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from kt_pipeline import encoders
+from kt_pipeline import encoders, fast_wordpiece
 from kt_pipeline.errors import ConfigError, DataError
 from kt_pipeline.progress import Progress
 from kt_pipeline.reader import (
@@ -74,7 +74,7 @@ __all__ = [
 TASKS = ("classification", "clustering")
 RECORDS_PER_SHARD = 4096
 MAX_SHARDS_PER_SPLIT = 64
-ENCODE_BATCH = 256
+ENCODE_BATCH = 1024
 GC_AGE_SECONDS = 3600
 INT_LABEL_SHARE = 0.95
 # Test hooks: sleep this many seconds after the first batch is written (after touching
@@ -146,10 +146,6 @@ def _gfile():
     return tf.io.gfile
 
 
-def _text_hash(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
-
-
 # -- pass 1: scan --------------------------------------------------------------------
 
 
@@ -167,6 +163,7 @@ class Scan:
     hashes: np.ndarray  # uint64 text hash
     seen_labels: list  # label strings in first-seen order
     groups: list  # group strings in first-seen order
+    sha256: str = ""  # of the bytes this pass parsed
 
 
 def _intern(table: dict, key: Optional[str]) -> int:
@@ -174,33 +171,52 @@ def _intern(table: dict, key: Optional[str]) -> int:
     return -1 if key is None else table.setdefault(key, len(table))
 
 
-def scan(source: Source, strict: bool = False, progress: bool = True) -> Scan:
-    """Pass 1: read all rows, count source-level skips, keep compact metadata."""
+def scan(source: Source, strict: bool = False, progress: bool = True,
+         spill: Optional["Spill"] = None) -> Scan:
+    """Pass 1: read all rows, count source-level skips, keep compact metadata.
+
+    With ``spill``, every candidate row's text (and group / extras) is also written to
+    it, so pass 2 need not parse the source again.
+    """
     cols = {k: array.array(t) for k, t in
             (("ordinal", "q"), ("line", "q"), ("label", "i"), ("group", "i"), ("hashes", "Q"))}
+    ordinal, line, label, group, hashes = (cols[k].append for k in cols)
     labels: dict = {}
     groups: dict = {}
     skipped: collections.Counter = collections.Counter()
     size = _gfile().stat(source.path).length
+    sha = hashlib.sha256()
+    blake = hashlib.blake2b
+    from_bytes = int.from_bytes
+    write = spill.write if spill is not None else None
+    check = spill.check if spill is not None else None
+    unsafe = 0
     rows = 0
     with Progress("pass 1/2: parse", total=size, unit="B", enabled=progress) as bar:
-        for rec in source.records(counter=bar):
+        for rec in source.records(counter=bar, on_chunk=sha.update):
             rows += 1
             if rec.skip:
                 if strict:
                     raise skip_error(source, rec)
                 skipped[rec.skip] += 1
                 continue
-            cols["ordinal"].append(rec.index)
-            cols["line"].append(rec.line)
-            cols["label"].append(_intern(labels, rec.label))
-            cols["group"].append(_intern(groups, rec.group))
-            cols["hashes"].append(_text_hash(rec.text))
+            text = rec.text.encode("utf-8")
+            ordinal(rec.index)
+            line(rec.line)
+            label(_intern(labels, rec.label))
+            group(_intern(groups, rec.group))
+            hashes(from_bytes(blake(text, digest_size=8).digest(), "little"))
+            if write is not None:
+                write(text, rec.group, rec.extras)
+                if check is not None and not check(rec.text):
+                    unsafe += 1
+    if spill is not None:
+        spill.unsafe = unsafe
     arrays = {k: np.frombuffer(v, dtype=v.typecode).copy() if len(v) else np.zeros(0, v.typecode)
               for k, v in cols.items()}
     return Scan(rows, source.blank_lines, skipped, arrays["ordinal"], arrays["line"],
                 arrays["label"].astype(np.int32), arrays["group"].astype(np.int32),
-                arrays["hashes"].astype(np.uint64), list(labels), list(groups))
+                arrays["hashes"].astype(np.uint64), list(labels), list(groups), sha.hexdigest())
 
 
 def _is_int(s: str) -> bool:
@@ -326,20 +342,108 @@ def assign_shards(splits: np.ndarray, seed: int) -> tuple[np.ndarray, list]:
 # -- pass 2: tokenize and write ------------------------------------------------------
 
 
-def _example(ids, label: int, group: bytes, extras, extra_cols) -> bytes:
+class Spill:
+    """Pass-1 copy of the candidate rows (text, group, extras) in local temp TFRecords.
+
+    Pass 2 streams it back through ``tf.data`` (C++), instead of parsing the source
+    again in Python. ``check(text)`` (optional) flags texts the fast tokenizer path
+    cannot take; ``unsafe`` counts them. Use as a context manager; the files are
+    deleted on exit.
+    """
+
+    def __init__(self, has_group: bool, extra_cols: Sequence[str], check=None):
+        import tempfile
+
+        import tensorflow as tf
+
+        self.check, self.unsafe = check, 0
+        self.dir = tempfile.mkdtemp(prefix="kt-spill-")
+        self.has_group, self.num_extras = has_group, len(extra_cols)
+        names = ["text"] + (["group"] if has_group else []) + [f"x{i}" for i in range(len(extra_cols))]
+        self.paths = [os.path.join(self.dir, f"{n}.tfrecord") for n in names]
+        self._writers = [tf.io.TFRecordWriter(p) for p in self.paths]
+        text_w = self._writers[0].write
+        rest = [w.write for w in self._writers[1:]]
+        if not rest:
+            self.write = lambda text, group, extras: text_w(text)
+
+    def write(self, text: bytes, group: Optional[str], extras: tuple) -> None:
+        """Add one candidate row."""
+        ws = self._writers
+        ws[0].write(text)
+        i = 1
+        if self.has_group:
+            ws[1].write((group or "").encode("utf-8"))
+            i = 2
+        for j, v in enumerate(extras):
+            ws[i + j].write((v or "").encode("utf-8"))
+
+    def close(self) -> None:
+        for w in self._writers:
+            w.close()
+
+    def dataset(self):
+        """``(text, group, extras[k])`` per candidate row, in pass-1 order."""
+        import tensorflow as tf
+
+        self.close()
+        parts = [tf.data.TFRecordDataset(p, buffer_size=1 << 20) for p in self.paths]
+        return tf.data.Dataset.zip(tuple(parts))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        import shutil
+
+        self.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def serialize_examples(ids, labels, groups, extras, extra_cols: Sequence[str]):
+    """A batch of ``tf.train.Example`` records (string ``[B]``), built in-graph.
+
+    Byte-identical to ``tf.train.Example(...).SerializeToString(deterministic=True)``
+    with the features of the cache layout (see docs/ARCHITECTURE.md): ``ids`` ragged
+    int ``[B, None]``, ``labels`` int ``[B]``, ``groups`` string ``[B]``, ``extras``
+    string ``[B, k]``. Map entries are written in sorted key order, as deterministic
+    serialisation does.
+    """
     import tensorflow as tf
 
-    f = tf.train.Feature
-    feats = {
-        "token_ids": f(int64_list=tf.train.Int64List(value=ids)),
-        "length": f(int64_list=tf.train.Int64List(value=[len(ids)])),
-        "label": f(int64_list=tf.train.Int64List(value=[label])),
-        "group": f(bytes_list=tf.train.BytesList(value=[group])),
+    n = tf.shape(labels)[0]
+    one = tf.ones([n, 1], tf.int32)
+
+    def message(kind, field, value):  # one (non-repeated or packed) field per row
+        return tf.io.encode_proto(one, [value[:, None]], [field], f"tensorflow.{kind}")
+
+    def int64s(values, sizes):
+        return tf.io.encode_proto(sizes[:, None], [values], ["value"], "tensorflow.Int64List")
+
+    def int_feature(values, sizes):
+        return message("Feature", "int64_list", int64s(values, sizes))
+
+    def bytes_feature(v):
+        return message("Feature", "bytes_list", message("BytesList", "value", v))
+
+    lengths = tf.cast(ids.row_lengths(), tf.int32)
+    ones = tf.ones([n], tf.int32)
+    features = {
+        "token_ids": int_feature(tf.cast(ids.to_tensor(), tf.int64), lengths),
+        "length": int_feature(tf.cast(lengths, tf.int64)[:, None], ones),
+        "label": int_feature(tf.cast(labels, tf.int64)[:, None], ones),
+        "group": bytes_feature(groups),
     }
-    for col, v in zip(extra_cols, extras):
-        feats["x_" + col] = f(bytes_list=tf.train.BytesList(value=[v]))
-    ex = tf.train.Example(features=tf.train.Features(feature=feats))
-    return ex.SerializeToString(deterministic=True)
+    for i, col in enumerate(extra_cols):
+        features["x_" + col] = bytes_feature(extras[:, i])
+    entries = [
+        tf.io.encode_proto(tf.fill([n, 2], 1), [tf.fill([n, 1], key), value[:, None]],
+                           ["key", "value"], "tensorflow.Features.FeatureEntry")
+        for key, value in sorted(features.items())
+    ]
+    feats = tf.io.encode_proto(tf.fill([n, 1], len(entries)), [tf.stack(entries, axis=1)],
+                               ["feature"], "tensorflow.Features")
+    return message("Example", "features", feats)
 
 
 def shard_name(split: str, i: int, n: int) -> str:
@@ -356,77 +460,68 @@ def _maybe_pause() -> None:
         time.sleep(float(secs))
 
 
-def write_shards(source: Source, sc: Scan, keep: np.ndarray, splits, shards, nshards,
-                 data_dir: str, encoding, max_length: int, progress: bool = True) -> list:
-    """Pass 2: re-read the source, tokenize kept rows via tf.data, write the shards."""
+def write_shards(spill: Spill, sc: Scan, keep: np.ndarray, splits, shards, nshards,
+                 data_dir: str, encoding, max_length: int, extra_cols: Sequence[str] = (),
+                 progress: bool = True) -> list:
+    """Pass 2: stream the spilled rows through tf.data (drop the rows not kept,
+    tokenize, serialise Examples, all in C++ and in parallel), write the shards."""
     import tensorflow as tf
 
-    ordinals = sc.ordinal[keep]
-    hashes = sc.hashes[keep]
-    labels = sc.label[keep]
-    extra_cols = list(source.extra_cols)
-
+    n_cand = len(sc.ordinal)
+    # Per candidate row: shard key (split * MAX + shard; -1 = dropped) and label.
+    key = np.full(n_cand, -1, np.int32)
+    key[keep] = splits.astype(np.int32) * MAX_SHARDS_PER_SPLIT + shards
+    label = np.zeros(n_cand, np.int32)
+    label[keep] = sc.label[keep]
+    extra_cols = list(extra_cols)
     k = len(extra_cols)
-    changed: list = []
-
-    def kept_batches():
-        """Kept rows in batches (one generator step per batch keeps tf.data fast)."""
-        j, batch = 0, []
-        for rec in source.records():
-            if j < len(ordinals) and rec.index == ordinals[j]:
-                if rec.skip or _text_hash(rec.text) != int(hashes[j]):
-                    changed.append(rec.line)  # raised below: tf.data would wrap it
-                    return
-                batch.append(rec)
-                j += 1
-                if len(batch) == ENCODE_BATCH or j == len(ordinals):
-                    sl = slice(j - len(batch), j)
-                    yield (np.array([r.text for r in batch], dtype=object), splits[sl], shards[sl],
-                           labels[sl], np.array([r.group or "" for r in batch], dtype=object),
-                           np.array([list(r.extras) for r in batch], dtype=object).reshape(len(batch), k))
-                    batch = []
 
     @tf.autograph.experimental.do_not_convert
-    def encode(texts, *rest):
-        return (encoding.encode(texts, max_length), *rest)
+    def encode(rows, meta):
+        texts = rows[0]
+        n = tf.shape(texts)[0]
+        groups = rows[1] if spill.has_group else tf.fill([n], "")
+        extras = tf.stack(rows[len(rows) - k:], axis=1) if k else tf.zeros([n, 0], tf.string)
+        keys, labels = meta
+        kept = keys >= 0
+        texts, groups, extras = (tf.boolean_mask(x, kept) for x in (texts, groups, extras))
+        keys, labels = tf.boolean_mask(keys, kept), tf.boolean_mask(labels, kept)
+        ids = encoding.encode(texts, max_length)
+        return serialize_examples(ids, labels, groups, extras, extra_cols), keys
 
-    spec = (tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int8),
-            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([None], tf.string), tf.TensorSpec([None, k], tf.string))
     ds = (
-        tf.data.Dataset.from_generator(kept_batches, output_signature=spec)
+        tf.data.Dataset.zip((spill.dataset(), tf.data.Dataset.from_tensor_slices((key, label))))
+        .batch(ENCODE_BATCH)
         .map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .prefetch(2)
     )
     gf = _gfile()
     gf.makedirs(data_dir)
-    writers, counts = {}, collections.Counter()
+    writers = {}
     for s, split in enumerate(SPLITS):
         for i in range(nshards[s]):
-            writers[(s, i)] = tf.io.TFRecordWriter(posixpath.join(data_dir, shard_name(split, i, nshards[s])))
+            path = posixpath.join(data_dir, shard_name(split, i, nshards[s]))
+            writers[s * MAX_SHARDS_PER_SPLIT + i] = tf.io.TFRecordWriter(path)
+    counts = np.zeros(len(SPLITS) * MAX_SHARDS_PER_SPLIT, np.int64)
     try:
         with Progress("pass 2/2: tokenize+write", total=len(keep), enabled=progress) as bar:
-            for b, (ids, sp, sh, lab, grp, ext) in enumerate(ds):
-                flat, rs = ids.flat_values.numpy(), ids.row_splits.numpy()
-                sp, sh, lab, grp, ext = sp.numpy(), sh.numpy(), lab.numpy(), grp.numpy(), ext.numpy()
-                for j in range(len(sp)):
-                    key = (int(sp[j]), int(sh[j]))
-                    rec = _example(flat[rs[j]:rs[j + 1]].tolist(), int(lab[j]), grp[j], ext[j], extra_cols)
-                    writers[key].write(rec)
-                    counts[key] += 1
-                bar.update(len(sp))
+            for b, (records, keys) in enumerate(ds):
+                keys = keys.numpy()
+                for rec, kk in zip(records.numpy().tolist(), keys.tolist()):
+                    writers[kk].write(rec)
+                counts += np.bincount(keys, minlength=len(counts))
+                bar.update(len(keys))
                 if b == 0:
                     _maybe_pause()
     finally:
         for w in writers.values():
             w.close()
-    if changed or sum(counts.values()) != len(keep):
-        where = f" (line {changed[0]})" if changed else ""
-        raise DataError(f"{source.path} changed during the build{where}; rerun the build "
-                        "once the file is stable")
+    if counts.sum() != len(keep):  # pragma: no cover - the spill is ours
+        raise RuntimeError(f"internal error: wrote {counts.sum()} of {len(keep)} rows")
     base = posixpath.basename(data_dir.rstrip("/"))
     return [
-        {"split": split, "path": f"{base}/{shard_name(split, i, nshards[s])}", "records": counts[(s, i)]}
+        {"split": split, "path": f"{base}/{shard_name(split, i, nshards[s])}",
+         "records": int(counts[s * MAX_SHARDS_PER_SPLIT + i])}
         for s, split in enumerate(SPLITS) for i in range(nshards[s])
     ]
 
@@ -524,25 +619,32 @@ def build_cache(input_path: str, cache_dir: Optional[str] = None, *,
     source = open_source(input_path, st.text_col, st.label_col, st.group_col, st.extra_cols,
                          st.format, st.delimiter, st.header)
     tokenizer, preset = _tokenizer(tokenizer, preset)
-    encoding = encoders.TextEncoding(tokenizer)
-    sha256 = sha256 or file_sha256(input_path)
+    fast = fast_wordpiece.fast_tokenizer(tokenizer)
 
-    sc = scan(source, st.strict, progress)
-    labels, keep = select_rows(sc, st.labels, source, st.strict)
-    if not len(keep):
-        raise DataError(
-            f"{input_path}: no usable rows ({sc.rows_read} read; skipped: "
-            f"{_fmt_skips(sc.skipped) or 'none'}). Check --text-col/--label-col/--labels"
-        )
-    grouped = st.group_col is not None
-    splits = assign_splits(sc.label[keep], sc.group[keep] if grouped else None, st.ratios, st.seed)
-    shards, nshards = assign_shards(splits, st.seed)
+    with Spill(st.group_col is not None, st.extra_cols, fast and fast.is_safe_text) as spill:
+        sc = scan(source, st.strict, progress, spill)
+        # All texts safe: the graph needs no KerasHub fallback branch (cheaper to trace).
+        encoding = encoders.TextEncoding(
+            tokenizer if fast is None else fast.assume_safe() if spill.unsafe == 0 else fast)
+        if sha256 is not None and sha256 != sc.sha256:
+            raise DataError(f"{input_path} changed during the build (its sha256 differs from "
+                            "the one checked before); rerun the build once the file is stable")
+        sha256 = sc.sha256
+        labels, keep = select_rows(sc, st.labels, source, st.strict)
+        if not len(keep):
+            raise DataError(
+                f"{input_path}: no usable rows ({sc.rows_read} read; skipped: "
+                f"{_fmt_skips(sc.skipped) or 'none'}). Check --text-col/--label-col/--labels"
+            )
+        grouped = st.group_col is not None
+        splits = assign_splits(sc.label[keep], sc.group[keep] if grouped else None, st.ratios, st.seed)
+        shards, nshards = assign_shards(splits, st.seed)
 
-    build_id = _new_build_id()
-    _gfile().makedirs(cache_dir)
-    shard_list = write_shards(source, sc, keep, splits, shards, nshards,
-                              posixpath.join(cache_dir, f"data-{build_id}"), encoding,
-                              st.max_length, progress)
+        build_id = _new_build_id()
+        _gfile().makedirs(cache_dir)
+        shard_list = write_shards(spill, sc, keep, splits, shards, nshards,
+                                  posixpath.join(cache_dir, f"data-{build_id}"), encoding,
+                                  st.max_length, st.extra_cols, progress)
     written = {split: int((splits == s).sum()) for s, split in enumerate(SPLITS)}
     manifest = {
         "schema_version": SCHEMA_VERSION,

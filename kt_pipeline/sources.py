@@ -60,6 +60,7 @@ FIXES = {
 
 FORMATS = ("csv", "tsv", "jsonl")
 _CHUNK = 1 << 20
+_PLAIN_CHUNK = 1 << 17  # small: a block's decoded lines are held at once
 _SNIFF_DELIMITERS = (",", "\t", ";", "|")
 
 
@@ -95,22 +96,57 @@ def file_sha256(path: str) -> str:
             h.update(chunk)
 
 
-def _byte_lines(path: str, counter=None) -> Iterator[bytes]:
-    """Physical lines of a file as bytes, each with its line ending (split on LF)."""
-    rest = b""
+def _byte_lines(path: str, counter=None, on_chunk=None) -> Iterator[bytes]:
+    """Physical lines of a file as bytes, each with its line ending (split on LF).
+
+    ``counter.update(n)`` gets the bytes read; ``on_chunk(chunk)`` gets the bytes.
+    """
     with _gfile().GFile(path, "rb") as f:
-        while True:
-            chunk = f.read(_CHUNK)
-            if counter is not None:
-                counter.update(len(chunk))
-            if not chunk:
-                break
-            parts = (rest + chunk).split(b"\n")
-            rest = parts.pop()
-            for p in parts:
-                yield p + b"\n"
+        yield from _lines_of(f, b"", counter, on_chunk)
+
+
+def _read(f, counter, on_chunk, size: int = _CHUNK) -> bytes:
+    chunk = f.read(size)
+    if counter is not None:
+        counter.update(len(chunk))
+    if on_chunk is not None:
+        on_chunk(chunk)
+    return chunk
+
+
+def _lines_of(f, rest: bytes, counter=None, on_chunk=None) -> Iterator[bytes]:
+    """Lines of `rest` followed by the rest of open file `f` (see :func:`_byte_lines`)."""
+    chunk = b""
+    while True:
+        parts = (rest + chunk).split(b"\n")
+        rest = parts.pop()
+        for p in parts:
+            yield p + b"\n"
+        chunk = _read(f, counter, on_chunk)
+        if not chunk:
+            break
     if rest:
         yield rest
+
+
+def _plain_block(block: bytes, delimiter: str) -> Optional[list]:
+    """The lines of `block` (complete lines, UTF-8) when no CSV quoting, CR or NUL can
+    occur in them, so splitting on the delimiter is exactly what ``csv`` would do (a
+    quote that does not start a field is an ordinary character to ``csv``)."""
+    crlf = b"\r" in block
+    if (crlf and block.count(b"\r") != block.count(b"\r\n")) or b"\x00" in block:
+        return None  # a lone CR (csv would end a row there) or NUL
+    if b'"' in block and (block.startswith(b'"') or b'\n"' in block
+                          or (delimiter + '"').encode("utf-8") in block):
+        return None
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = (text.replace("\r\n", "\n") if crlf else text).split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 class _DecodedLines:
@@ -218,14 +254,17 @@ class Source:
 
     # -- reading -------------------------------------------------------------------
 
-    def records(self, counter=None) -> Iterator[Record]:
-        """Yield one :class:`Record` per row, in file order (``counter`` gets bytes read)."""
+    def records(self, counter=None, on_chunk=None) -> Iterator[Record]:
+        """Yield one :class:`Record` per row, in file order.
+
+        ``counter.update(n)`` gets the number of bytes read, ``on_chunk(data)`` the raw
+        bytes themselves (e.g. ``hashlib.sha256().update`` to hash what was parsed).
+        """
         self.blank_lines = 0
-        lines = _DecodedLines(_byte_lines(self.path, counter))
         if self.format == "jsonl":
-            yield from self._json_records(lines)
+            yield from self._json_records(_DecodedLines(_byte_lines(self.path, counter, on_chunk)))
         else:
-            yield from self._delimited_records(lines)
+            yield from self._delimited_records(counter, on_chunk)
 
     def _check(self, rec: Record) -> Record:
         """Fill in ``skip`` for empty text / label / group."""
@@ -244,11 +283,42 @@ class Source:
             rec.group = rec.group.strip()
         return rec
 
-    def _delimited_records(self, lines: _DecodedLines) -> Iterator[Record]:
+    def _delimited_rows(self, counter=None, on_chunk=None):
+        """``(fields, error, first_line, last_line, bad)`` per parsed row (blank rows too).
+
+        Blocks of plain lines (no quotes, CR or NUL; valid UTF-8) are split on the
+        delimiter directly; from the first block that is not plain on, rows come from
+        ``csv`` (quoted fields may span lines). ``bad`` is (line, why) for invalid UTF-8.
+        """
+        d = self.delimiter
+        line_no = 0
+        with _gfile().GFile(self.path, "rb") as f:
+            rest, head = b"", True
+            while True:
+                chunk = _read(f, counter, on_chunk, _PLAIN_CHUNK)
+                data = rest + chunk
+                cut = len(data) if not chunk else data.rfind(b"\n") + 1
+                block, rest = data[:cut], data[cut:]
+                if head and block.startswith(codecs.BOM_UTF8):
+                    block, head = block[len(codecs.BOM_UTF8):], False
+                elif block:
+                    head = False
+                lines = _plain_block(block, d)
+                if lines is None:
+                    break
+                for ln in lines:
+                    line_no += 1
+                    yield ln.split(d), None, line_no, line_no, None
+                if not chunk:
+                    return
+            yield from self._csv_rows(_lines_of(f, block + rest, counter, on_chunk), line_no)
+
+    def _csv_rows(self, byte_lines, offset: int = 0):
+        """Rows parsed by ``csv`` from `byte_lines` (line numbers start after `offset`)."""
+        lines = _DecodedLines(byte_lines)
+        lines.num = offset
         reader = csv.reader(lines, delimiter=self.delimiter, quotechar='"', doublequote=True)
-        names = None if self.has_header else self.columns_found
-        idx = None
-        index, prev = 0, 0
+        prev = offset
         while True:
             try:
                 fields = next(reader)
@@ -257,29 +327,34 @@ class Source:
                 return
             except csv.Error as e:  # e.g. a field over the size limit
                 fields, err = None, str(e)
-            first, last = prev + 1, reader.line_num
+            first, last = prev + 1, offset + reader.line_num
             prev = last
+            yield fields, err, first, last, lines.bad_in(first, last)
+
+    def _delimited_records(self, counter=None, on_chunk=None) -> Iterator[Record]:
+        names = None if self.has_header else self.columns_found
+        idx = None
+        index = 0
+        n_names = len(self.columns_found)
+        for fields, err, first, last, bad in self._delimited_rows(counter, on_chunk):
             if fields is not None and _is_blank(fields):
                 self.blank_lines += 1
-                lines.bad_in(first, last)
                 continue
             if names is None:  # the header row
                 names = self.columns_found
-                lines.bad_in(first, last)
                 continue
             if idx is None:
                 idx = [names.index(c) if c is not None else None for c in self._wanted()]
             rec = Record(index=index, line=first)
             index += 1
-            bad = lines.bad_in(first, last)
             if bad:
                 rec.skip, rec.detail = "undecodable", f"line {bad[0]}: {bad[1]}"
             elif err is not None:
                 rec.skip, rec.detail = "malformed", f"lines {first}-{last}: {err}"
-            elif len(fields) != len(names):
+            elif len(fields) != n_names:
                 span = f"line {first}" if first == last else f"lines {first}-{last}"
                 rec.skip = "malformed"
-                rec.detail = f"{span}: {len(fields)} fields, expected {len(names)}"
+                rec.detail = f"{span}: {len(fields)} fields, expected {n_names}"
             else:
                 vals = [fields[i] if i is not None else None for i in idx]
                 rec.text, rec.label, rec.group = vals[0], vals[1], vals[2]

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -45,6 +46,53 @@ CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, RESULTS_FILE = (
     "config.json", "best.weights.h5", "history.json", "results.json")
 FINALS = ("none", "tanh", "l2")
 MONITORS = ("v_measure", "ari")
+POOLINGS = ("marker", "mean", "cls")
+
+
+def marker_ids(preset) -> tuple:
+    """Token ids of the quote markers ``«`` and ``»`` (first piece of each)."""
+    import tensorflow as tf
+
+    from kt_pipeline import encoders
+
+    ids = encoders.load_tokenizer(preset)(tf.constant(list(pdnc.MARKERS)))
+    ids = ids.to_list() if hasattr(ids, "to_list") else [list(x) for x in ids]
+    return int(ids[0][0]), int(ids[1][0])
+
+
+@functools.lru_cache(maxsize=None)
+def _marker_pooling_layer():
+    """``MarkerPooling``: hidden states at the quote markers plus the masked mean.
+
+    The entity-marker idea (Baldini Soares et al., 2019): the marker tokens sit next
+    to the attribution cue, so attention can gather the speaker's name into them.
+    A missing marker (``window=0``, truncation) falls back to the masked mean.
+    """
+    import keras
+    from keras import ops
+
+    from kt_pipeline import models
+
+    class MarkerPooling(keras.layers.Layer):
+        def __init__(self, open_id: int, close_id: int, **kwargs):
+            super().__init__(**kwargs)
+            self.open_id, self.close_id = int(open_id), int(close_id)
+
+        def call(self, sequence_output, token_ids, padding_mask):
+            mean = models.pool(sequence_output, padding_mask, "mean")
+
+            def at(token_id):
+                m = ops.cast(ops.equal(token_ids, token_id), sequence_output.dtype)[:, :, None]
+                count = ops.sum(m, axis=1)
+                value = ops.sum(sequence_output * m, axis=1) / ops.maximum(count, 1.0)
+                return ops.where(count > 0, value, mean)
+
+            return ops.concatenate([at(self.open_id), at(self.close_id), mean], axis=-1)
+
+        def get_config(self):
+            return {**super().get_config(), "open_id": self.open_id, "close_id": self.close_id}
+
+    return MarkerPooling
 
 
 @dataclasses.dataclass
@@ -57,7 +105,7 @@ class ClusterConfig:
     work_dir: str = "tfrecords/speakers"  # windowed CSVs and caches live here
     narrative_ratio: float = 0.25  # narrative examples per quote (PDNC)
     window: int = 12  # context each side (0 = the quote alone)
-    quote_words: Optional[int] = 40  # keep the first N words of long quotes (null = all)
+    quote_words: Optional[int] = 24  # keep the first N words of long quotes (null = all)
     window_unit: str = "words"  # words | chars
     ratios: str = "0.6,0.2,0.2"  # train,validation,test share of quotes (whole books)
     split_seed: int = 0
@@ -66,7 +114,7 @@ class ClusterConfig:
     # model
     model_dir: str = "runs/speakers"
     preset: Optional[str] = None
-    pooling: str = "mean"
+    pooling: str = "marker"  # marker ([open «, close », mean]) | mean | cls
     projection_hidden: str = "1024"  # comma-separated hidden sizes ("" = none)
     embedding_dim: int = 128
     final: str = "l2"  # none | tanh | l2
@@ -111,6 +159,7 @@ def validate(cfg: ClusterConfig) -> None:
     """Raise ConfigError for settings that cannot work, naming the setting."""
     checks = [
         (cfg.final in FINALS, f"final={cfg.final!r}: expected one of {', '.join(FINALS)}"),
+        (cfg.pooling in POOLINGS, f"pooling={cfg.pooling!r}: expected one of {', '.join(POOLINGS)}"),
         (cfg.monitor in MONITORS, f"monitor={cfg.monitor!r}: expected one of {', '.join(MONITORS)}"),
         (cfg.loss in ("anchor", "supcon"), f"loss={cfg.loss!r}: expected anchor or supcon"),
         (cfg.balance in ("inverse", "none"), f"balance={cfg.balance!r}: expected inverse or none"),
@@ -254,9 +303,12 @@ def _subsample_quotes(data: SplitData, cap: Optional[int], seed: int = 0) -> np.
 # ----------------------------------------------------------------------------- model
 
 
-def build_model(backbone, cfg: ClusterConfig):
+def build_model(backbone, cfg: ClusterConfig, markers: Optional[tuple] = None):
     """Functional Keras model: inputs ``token_ids``/``padding_mask``; outputs
-    ``{"embedding": [B, embedding_dim], "narrative_logit": [B, 1]}`` (float32)."""
+    ``{"embedding": [B, embedding_dim], "narrative_logit": [B, 1]}`` (float32).
+
+    ``markers`` = the ids of ``«``/``»`` (:func:`marker_ids`), needed for ``pooling="marker"``.
+    """
     import keras
 
     from kt_pipeline import models
@@ -270,7 +322,12 @@ def build_model(backbone, cfg: ClusterConfig):
         inputs["segment_ids"] = models.ZeroSegments(name="segment_ids")(token_ids)
     out = backbone(inputs)
     seq = out["sequence_output"] if isinstance(out, dict) else out
-    pooled = models.Pooling(cfg.pooling, name="pooling")(seq, padding_mask)
+    if cfg.pooling == "marker":
+        if markers is None:
+            markers = marker_ids(cfg.preset)
+        pooled = _marker_pooling_layer()(*markers, name="pooling")(seq, token_ids, padding_mask)
+    else:
+        pooled = models.Pooling(cfg.pooling, name="pooling")(seq, padding_mask)
     x = keras.layers.Dropout(cfg.dropout)(pooled)
     for i, h in enumerate(hidden_sizes(cfg)):
         x = keras.layers.Dense(h, activation="gelu", name=f"proj_{i}")(x)

@@ -262,6 +262,8 @@ class _SearchMixin:
             record["final_epoch"] = fit["initial_epoch"] + fit["epochs_run"]
         if trial.status != "COMPLETED":
             record["reason"] = failure_reason(trial.message)
+            if "FailedTrialError" in (trial.message or ""):
+                trial.message = record["reason"]  # our own reason; the traceback adds nothing
             print(f"trial {trial.trial_id} {trial.status}: {record['reason']}", file=sys.stderr)
         self._write_attempt(trial, record)
         super().on_trial_end(trial)

@@ -94,15 +94,19 @@ def load_rows(project_dir: str) -> list[dict]:
         attempts = load_attempts(_join(project_dir, name))
         finished = [a for a in attempts if "ended" in a]
         last = finished[-1] if finished else (attempts[-1] if attempts else {})
+        status = state.get("status")
+        if status in ("RUNNING", "IDLE") and last.get("status") in ("FAILED", "INVALID",
+                                                                     "COMPLETED"):
+            status = last["status"]  # the search stopped before keras-tuner saved the trial
         epochs = values.get("tuner/epochs")
         if epochs is None:
             epochs = last.get("final_epoch")
         reason = ""
-        if state.get("status") in ("FAILED", "INVALID"):
+        if status in ("FAILED", "INVALID"):
             reason = last.get("reason") or failure_reason(state.get("message"))
         rows.append({
             "trial": state["trial_id"],
-            "status": state.get("status"),
+            "status": status,
             "objective": state.get("score"),
             "best_step": state.get("best_step"),
             "epochs": epochs,

@@ -353,3 +353,46 @@ def test_property_cli_build_never_tracebacks(tmp_path_factory, tiny_preset, rows
     if rc == 0:
         c = reader.load_manifest(str(d / "c"))["counts"]
         assert c["rows_read"] == sum(c["written"].values()) + sum(c["skipped"].values())
+
+
+# -- pass 2: in-graph Example serialisation, one read of the source ---------------------
+
+
+def _reference_example(ids, label, group, extras, extra_cols):
+    f = tf.train.Feature
+    feats = {
+        "token_ids": f(int64_list=tf.train.Int64List(value=ids)),
+        "length": f(int64_list=tf.train.Int64List(value=[len(ids)])),
+        "label": f(int64_list=tf.train.Int64List(value=[label])),
+        "group": f(bytes_list=tf.train.BytesList(value=[group])),
+    }
+    for col, v in zip(extra_cols, extras):
+        feats["x_" + col] = f(bytes_list=tf.train.BytesList(value=[v]))
+    ex = tf.train.Example(features=tf.train.Features(feature=feats))
+    return ex.SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("extra_cols", [(), ("id", "b", "zz")])
+def test_serialize_examples_matches_protobuf(extra_cols):
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(0, 2**21, size=int(rng.integers(2, 40))).tolist() for _ in range(200)]
+    rows[0], rows[1] = [101, 102], [0, 127, 128, 16383, 16384, 2**31 - 1]
+    labels = rng.integers(-1, 300, size=200)
+    groups = [("g%d é" % i if i % 3 else "").encode() for i in range(200)]
+    extras = [[f"{c}{i}".encode() if i % 4 else b"" for c in extra_cols] for i in range(200)]
+    got = cache.serialize_examples(
+        tf.ragged.constant(rows, dtype=tf.int32), tf.constant(labels, tf.int32), tf.constant(groups),
+        tf.constant(extras, tf.string, shape=[200, len(extra_cols)]), extra_cols).numpy().tolist()
+    want = [_reference_example(r, int(y), g, e, extra_cols)
+            for r, y, g, e in zip(rows, labels, groups, extras)]
+    assert got == want
+
+
+def test_source_changed_after_its_check_is_an_error(tmp_path, tok):
+    src = make_csv(tmp_path / "d.csv", n=50)
+    with pytest.raises(DataError, match="changed during the build"):
+        cache.build_cache(src, str(tmp_path / "c"), tokenizer=tok, progress=False, sha256="0" * 64)
+    m = cache.build_cache(src, str(tmp_path / "c"), tokenizer=tok, progress=False)
+    from kt_pipeline.sources import file_sha256
+
+    assert m["source"]["sha256"] == file_sha256(src)  # hashed while parsing, same digest

@@ -157,7 +157,7 @@ def test_default_preset_is_used_as_is():
 
 
 def test_unknown_preset_name_is_a_clear_error():
-    with pytest.raises(encoders.EncoderError, match="no_such_encoder_xyz"):
+    with pytest.raises(encoders.EncoderError, match="no_such_encoder_xyz.*neither a directory nor a KerasHub preset name"):
         encoders.load_tokenizer("no_such_encoder_xyz")
 
 
@@ -172,3 +172,16 @@ def test_remote_checkpoint_with_fixes(tmp_path):
     tok = encoders.load_tokenizer(remote)
     assert tok.lowercase is True
     assert encoders.load_backbone(remote).num_layers == 2
+
+
+def test_python_dict_config_json_is_accepted(tmp_path):
+    path = hf_fixtures.write_hf_checkpoint(str(tmp_path / "distilbert"), "distilbert",
+                                           tokenizer_config={"model_max_length": 512})
+    config_file = tmp_path / "distilbert" / "config.json"
+    config_file.write_text(repr(json.loads(config_file.read_text())))  # single quotes
+    _, fixes, notes = encoders.check_checkpoint_dir(path)
+    assert set(fixes) == {"config.json", "tokenizer_config.json"}  # + do_lower_case added
+    assert json.loads(fixes["tokenizer_config.json"]) == {"model_max_length": 512,
+                                                          "do_lower_case": True}
+    assert encoders.load_backbone(path).num_layers == 2
+    assert encoders.load_tokenizer(path).lowercase is True

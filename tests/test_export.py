@@ -193,3 +193,9 @@ def test_export_of_a_real_training_run(tiny_preset, sample_csv, tmp_path):
     np.testing.assert_allclose(served.predict(TEXTS)["probabilities"],
                                in_memory_probabilities(model, tokenizer, TEXTS, 10), atol=1e-5)
     assert export.read_export_info(path)["preset"] == tiny_preset
+
+    other = hf_fixtures.write_hf_checkpoint(str(tmp_path / "roberta"), "roberta")
+    with pytest.raises(export.ExportError, match="differs from the one"):
+        export.export_model_dir(cfg.model_dir, preset=other)
+    with pytest.raises(export.ExportError, match="pass --preset"):
+        export.export_model_dir(cfg.model_dir, preset=str(tmp_path / "moved"))

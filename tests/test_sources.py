@@ -178,3 +178,49 @@ def test_property_garbage_never_crashes(tmp_path_factory, body, header):
     assert [r.index for r in recs] == list(range(len(recs)))
     for r in recs:
         assert (r.skip in SKIP_REASONS) if r.skip else (r.text.strip() and r.label)
+
+
+# -- the plain-line fast path must equal the csv path ---------------------------------
+
+
+def _csv_only(src):
+    """Records as the csv module alone would give them (fast path switched off)."""
+    import kt_pipeline.sources as sources
+
+    orig = sources._plain_block
+    sources._plain_block = lambda block, delimiter: None
+    try:
+        return list(src.records())
+    finally:
+        sources._plain_block = orig
+
+
+PLAIN_CELL = st.text(st.sampled_from(list('ab é가,\t;"\r\x00\x01¤')), max_size=8)  # ¤: a bad byte
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(PLAIN_CELL, min_size=1, max_size=4), max_size=30),
+       delim=st.sampled_from([",", "\t"]), end=st.sampled_from(["\n", "\r\n"]),
+       bom=st.booleans(), tail=st.booleans(), big=st.booleans())
+def test_property_fast_path_equals_csv(tmp_path_factory, rows, delim, end, bom, tail, big,
+                                       monkeypatch):
+    import kt_pipeline.sources as sources
+
+    if big:  # blocks of a few bytes: rows straddle block boundaries
+        monkeypatch.setattr(sources, "_PLAIN_CHUNK", 7)
+    lines = [f"text{delim}label"] + [delim.join(r) for r in rows]
+    data = end.join(lines) + (end if tail else "")
+    raw = data.encode("utf-8").replace("¤".encode("utf-8"), b"\xff")
+    path = write(tmp_path_factory.mktemp("f"), "f.csv", (b"\xef\xbb\xbf" if bom else b"") + raw)
+    src = open_source(path, "text", "label", delimiter=delim, header=True)
+    fast = list(src.records())
+    blank_fast = src.blank_lines
+    assert fast == _csv_only(src)
+    assert blank_fast == src.blank_lines
+
+
+def test_fast_path_on_shared_data_equals_csv(shared_data):
+    for path, text, label in ((shared_data / "sst2" / "train.tsv", "sentence", "label"),
+                              (shared_data / "nsmc" / "ratings_train.txt", "document", "label")):
+        src = open_source(str(path), text, label)
+        assert list(src.records()) == _csv_only(src)

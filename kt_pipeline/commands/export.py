@@ -33,7 +33,7 @@ def run(args) -> int:
     out = export.export_model_dir(args.model_dir, args.output, args.max_seq_length, args.preset)
     info = export.read_export_info(out)
     print(f"wrote {out}")
-    print(f"  signature serving_default: text (string [batch]) -> probabilities, label_id, label")
+    print("  signature serving_default: text (string [batch]) -> probabilities, label_id, label")
     print(f"  labels: {', '.join(info['labels'])}; max_seq_length {info['max_seq_length']}")
     print(f"  try: kt-pipeline predict {out} \"some text\"")
     return 0

@@ -1,0 +1,263 @@
+"""Hyperparameter search: config/overrides, schedule continuation, failed trials, resume.
+
+The helpers at the top (``tiny_cache``, ``search_raw``) are shared with the other
+tuning test files.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from kt_pipeline import search_config
+from kt_pipeline.errors import ConfigError
+
+ROWS = 60  # 48 train, 6 validation, 6 test
+
+
+def write_rows(sample_csv, path, n=ROWS):
+    with open(sample_csv, encoding="utf-8") as f:
+        lines = f.readlines()[: n + 1]
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    return str(path)
+
+
+def build_tiny_cache(sample_csv, tiny_preset, root, n=ROWS):
+    """A cache of the first ``n`` sample rows tokenised by the tiny BERT."""
+    from kt_pipeline import cache
+
+    csv_path = write_rows(sample_csv, root / "rows.csv", n)
+    cache.build_cache(csv_path, str(root / "cache"), preset=tiny_preset, max_length=64,
+                      progress=False)
+    return str(root / "cache")
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(sample_csv, tiny_preset, tmp_path_factory):
+    return build_tiny_cache(sample_csv, tiny_preset, tmp_path_factory.mktemp("tune_cache"))
+
+
+def search_raw(cache_dir, preset, search_dir, **sections) -> dict:
+    """A small search config as YAML data: fast path, short lengths, quiet."""
+    raw = {
+        "name": "t", "search_dir": str(search_dir), "preset": preset,
+        "data": {"cache_dir": cache_dir},
+        "tuner": {"type": "random", "max_trials": 2, "max_epochs": 1, "verbose": 0, "seed": 7},
+        "space": {"max_seq_length": [16, 32], "batch_size": [16], "warmup_steps": None,
+                  "warmup_fraction": [0.0, 0.1], "freeze_body": True,
+                  "learning_rate": {"min": 1e-3, "max": 1e-2, "sampling": "log"}},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
+    return raw
+
+
+# ------------------------------------------------------------------ config
+
+
+def test_default_space_is_the_issue_space():
+    cfg = search_config.build_config({"data": {"input": "x.csv"}})
+    s = cfg.space
+    assert (s["learning_rate"].min, s["learning_rate"].max, s["learning_rate"].sampling) == (
+        5e-6, 1e-4, "log")
+    assert s["warmup_steps"].values == [500, 1000, 1500, 2000]
+    assert (s["dropout"].min, s["dropout"].max) == (0.0, 0.5)
+    assert s["freeze_body"].values == [True, False]
+    assert s["max_seq_length"].values == [64, 128, 256, 512]
+    assert s["batch_size"].values == [16, 32, 64]
+    assert "warmup_fraction" not in s
+
+
+def test_overrides_flags_and_space_kinds(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"data": {"input": "x.csv"}, "space": {"dropout": 0.1}}))
+    cfg = search_config.load_config(str(path), [
+        "tuner.max_trials=4", "space.learning_rate.max=1e-4", "space.learning_rate.min=1e-5",
+        "space.batch_size=[16,32]", "space.warmup_fraction={min: 0.0, max: 0.2}",
+        "train.pooling=mean",
+    ])
+    assert cfg.tuner.max_trials == 4
+    assert cfg.space["learning_rate"].max == 1e-4 and cfg.space["learning_rate"].min == 1e-5
+    assert cfg.space["batch_size"].values == [16, 32]
+    assert cfg.space["dropout"].kind == "fixed"
+    assert cfg.space["warmup_fraction"].kind == "float" and "warmup_steps" not in cfg.space
+    assert cfg.base_train_config().pooling == "mean"
+    assert cfg.base_train_config().dropout == 0.1
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("space.dropout=1.5", "space.dropout"),
+    ("space.nope=1", "nope"),
+    ("tuner.type=grid", "tuner.type"),
+    ("tuner.max_trials=x", "max_trials"),
+    ("space.max_seq_length=[1024]", "data.max_length"),
+    ("space.learning_rate={min: 0, max: 1, sampling: log}", "min > 0"),
+    ("bogus.key=1", "unknown section"),
+])
+def test_bad_settings_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        search_config.build_config({"data": {"input": "x.csv"}}, [override])
+
+
+def test_shipped_configs_parse():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("demo", "sst2", "nsmc"):
+        cfg = search_config.load_config(os.path.join(root, "tuning", f"{name}.yaml"))
+        assert cfg.name == name and cfg.tuner.type in search_config.TUNERS
+    demo = search_config.load_config(os.path.join(root, "tuning", "demo.yaml"))
+    assert demo.space["max_seq_length"].values == [32, 64]
+
+
+# ------------------------------------------------- schedule continuation
+
+
+def test_hyperband_continuation_continues_the_schedule(tiny_cache, tiny_preset, tmp_path):
+    """A continued trial's first step uses the schedule at initial_epoch * steps, not step 0."""
+    from kt_pipeline import optim, tuning, tuning_results
+
+    raw = search_raw(tiny_cache, tiny_preset, tmp_path / "s",
+                     tuner={"type": "hyperband", "max_epochs": 3, "factor": 3,
+                            "early_stopping_patience": None},
+                     space={"warmup_fraction": 0.5, "max_seq_length": 16})
+    cfg = search_config.build_config(raw)
+    tuning.run_search(cfg)
+    rows = tuning_results.load_rows(tuning.project_dir(cfg.search_dir))
+    continued = [r for r in rows if r["continues"]]
+    assert continued, "Hyperband with max_epochs=3, factor=3 continues at least one trial"
+    for row in continued:
+        [rec] = tuning_results.load_attempts(
+            f"{tuning.project_dir(cfg.search_dir)}/trial_{row['trial']}")
+        assert rec["initial_epoch"] >= 1
+        lr = row["hyperparameters"]["learning_rate"]
+        sched = optim.WarmupDecay(lr, rec["warmup_steps"], rec["total_steps"])
+        start = rec["initial_epoch"] * rec["steps_per_epoch"]
+        assert rec["first_learning_rate"] == pytest.approx(float(sched(start)), rel=1e-5)
+        assert rec["first_learning_rate"] != pytest.approx(float(sched(0)), rel=1e-3)
+        # the continued trial trained only the remaining epochs
+        assert rec["final_epoch"] == row["epochs"]
+
+
+# ------------------------------------------------------------ failed trials
+
+
+def test_failed_trials_are_recorded_and_the_search_goes_on(tiny_cache, tiny_preset, tmp_path):
+    from kt_pipeline import tuning, tuning_results
+
+    raw = search_raw(tiny_cache, tiny_preset, tmp_path / "s",
+                     tuner={"max_trials": 4, "max_consecutive_failed_trials": 4, "seed": 3},
+                     space={"learning_rate": [1e30, 1e-3]})
+    cfg = search_config.build_config(raw)
+    results = tuning.run_search(cfg)
+    rows = results["rows"]
+    assert len(rows) == 4
+    failed = [r for r in rows if r["status"] == "FAILED"]
+    assert failed and len(failed) < 4
+    for r in rows:
+        if r["hyperparameters"]["learning_rate"] > 1:
+            assert r["status"] == "FAILED" and "loss became nan" in r["reason"]
+        else:
+            assert r["status"] == "COMPLETED" and r["reason"] == ""
+    assert results["best"]["hyperparameters"]["learning_rate"] == 1e-3
+    table = open(results["table_md"]).read()
+    assert "loss became nan" in table
+    assert "failed trials" in tuning_results.format_summary(results)
+
+
+def test_too_many_failures_stop_with_reasons(tiny_cache, tiny_preset, tmp_path):
+    from kt_pipeline import tuning
+
+    raw = search_raw(tiny_cache, tiny_preset, tmp_path / "s",
+                     tuner={"max_trials": 5, "max_consecutive_failed_trials": 2},
+                     space={"learning_rate": 1e30})
+    with pytest.raises(tuning.SearchFailed, match="loss became nan"):
+        tuning.run_search(search_config.build_config(raw))
+    csv_text = open(tmp_path / "s" / "results" / "trials.csv").read()
+    assert csv_text.count("FAILED") == 2
+
+
+# ----------------------------------------------------------------- resume
+
+
+def _finished_trials(project):
+    out = set()
+    if not os.path.isdir(project):
+        return out
+    for name in os.listdir(project):
+        path = os.path.join(project, name, "trial.json")
+        if name.startswith("trial_") and os.path.exists(path):
+            try:
+                state = json.load(open(path))
+            except ValueError:
+                continue
+            if state["status"] == "COMPLETED":
+                out.add(state["trial_id"])
+    return out
+
+
+def _attempts_by_pid(project):
+    from kt_pipeline import tuning_results
+
+    by_pid = {}
+    for name in os.listdir(project):
+        if name.startswith("trial_"):
+            for rec in tuning_results.load_attempts(os.path.join(project, name)):
+                by_pid.setdefault(rec["pid"], []).append(rec["trial_id"])
+    return by_pid
+
+
+def test_resume_after_kill_never_repeats_a_finished_trial(tiny_cache, tiny_preset, tmp_path):
+    raw = search_raw(tiny_cache, tiny_preset, tmp_path / "s", tuner={"max_trials": 5})
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "kt_pipeline.cli", "tune", "--config", str(config), "--quiet"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    project = str(tmp_path / "s" / "kt")
+
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while len(_finished_trials(project)) < 2 and time.time() < deadline:
+            assert first.poll() is None, "the search ended before it could be killed"
+            time.sleep(0.1)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    done_before = _finished_trials(project)
+    assert 2 <= len(done_before) < 5
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert len(_finished_trials(project)) == 5
+    by_pid = _attempts_by_pid(project)
+    assert first.pid in by_pid and len(by_pid) == 2  # two processes ran trials
+    rerun = [t for pid, ts in by_pid.items() if pid != first.pid for t in ts]
+    assert not set(rerun) & done_before, "a finished trial ran again"
+    assert sorted(set(rerun) | done_before) == sorted(_finished_trials(project))
+    assert "best: trial" in second.stdout
+
+    # A finished search started again runs nothing new.
+    attempts = sum(len(v) for v in by_pid.values())
+    third = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert sum(len(v) for v in _attempts_by_pid(project).values()) == attempts
+
+
+def test_restart_starts_over(tiny_cache, tiny_preset, tmp_path):
+    from kt_pipeline import tuning
+
+    raw = search_raw(tiny_cache, tiny_preset, tmp_path / "s", tuner={"max_trials": 2})
+    tuning.run_search(search_config.build_config(raw))
+    raw["tuner"]["max_trials"] = 1
+    results = tuning.run_search(search_config.build_config(raw), restart=True)
+    assert len(results["rows"]) == 1
