@@ -9,10 +9,13 @@ Two streaming passes keep memory flat as the input grows:
 
 1. parse every row (:mod:`kt_pipeline.sources`), count skips by reason, and keep only
    compact per-row numpy metadata (row ordinal, line, label index, group id, a 64-bit
-   text hash); then choose the label set, drop rows outside it, drop exact duplicate
-   texts, and assign splits (stratified by label, or grouped) and shards;
-2. re-read the file and stream the kept texts through ``tf.data`` (batched, parallel
-   tokenization at ``max_length``), writing unpadded ids into the shards.
+   text hash). Meanwhile a background thread tokenises the candidate texts in batches
+   (at ``max_length``, via :mod:`kt_pipeline.fast_wordpiece` when it applies) into a
+   local temp :class:`Spill`. Then choose the label set, drop rows outside it, drop
+   exact duplicate texts, and assign splits (stratified by label, or grouped) and shards;
+2. stream the spill back through ``tf.data`` (dropping the rows not kept, adding
+   labels and columns, serialising ``tf.train.Example`` records in-graph) and write
+   the shards. The source is read once; its sha256 is computed from the same bytes.
 
 Writes are atomic: shards go to a fresh ``data-<build_id>/`` and ``manifest.json`` is
 written last (temp file + rename). A killed build leaves no loadable cache (or the
@@ -175,8 +178,8 @@ def scan(source: Source, strict: bool = False, progress: bool = True,
          spill: Optional["Spill"] = None) -> Scan:
     """Pass 1: read all rows, count source-level skips, keep compact metadata.
 
-    With ``spill``, every candidate row's text (and group / extras) is also written to
-    it, so pass 2 need not parse the source again.
+    With ``spill``, every candidate row is also handed to it (tokenised in the
+    background while parsing goes on), so pass 2 need not parse the source again.
     """
     cols = {k: array.array(t) for k, t in
             (("ordinal", "q"), ("line", "q"), ("label", "i"), ("group", "i"), ("hashes", "Q"))}
@@ -189,8 +192,6 @@ def scan(source: Source, strict: bool = False, progress: bool = True,
     blake = hashlib.blake2b
     from_bytes = int.from_bytes
     write = spill.write if spill is not None else None
-    check = spill.check if spill is not None else None
-    unsafe = 0
     rows = 0
     with Progress("pass 1/2: parse", total=size, unit="B", enabled=progress) as bar:
         for rec in source.records(counter=bar, on_chunk=sha.update):
@@ -208,10 +209,6 @@ def scan(source: Source, strict: bool = False, progress: bool = True,
             hashes(from_bytes(blake(text, digest_size=8).digest(), "little"))
             if write is not None:
                 write(text, rec.group, rec.extras)
-                if check is not None and not check(rec.text):
-                    unsafe += 1
-    if spill is not None:
-        spill.unsafe = unsafe
     arrays = {k: np.frombuffer(v, dtype=v.typecode).copy() if len(v) else np.zeros(0, v.typecode)
               for k, v in cols.items()}
     return Scan(rows, source.blank_lines, skipped, arrays["ordinal"], arrays["line"],
@@ -342,48 +339,127 @@ def assign_shards(splits: np.ndarray, seed: int) -> tuple[np.ndarray, list]:
 # -- pass 2: tokenize and write ------------------------------------------------------
 
 
-class Spill:
-    """Pass-1 copy of the candidate rows (text, group, extras) in local temp TFRecords.
+def _tf_write(writer):
+    """The C++ ``write`` of a ``tf.io.TFRecordWriter`` (skips a Python wrapper)."""
+    import tensorflow as tf
 
-    Pass 2 streams it back through ``tf.data`` (C++), instead of parsing the source
-    again in Python. ``check(text)`` (optional) flags texts the fast tokenizer path
-    cannot take; ``unsafe`` counts them. Use as a context manager; the files are
-    deleted on exit.
+    return super(tf.io.TFRecordWriter, writer).write
+
+
+SPILL_PREFIX = "kt-spill-"
+
+
+def _remove_orphan_spills() -> None:
+    """Delete spill dirs left in the temp dir by builds that were killed."""
+    import shutil
+    import tempfile
+
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        if not name.startswith(SPILL_PREFIX):
+            continue
+        pid = name[len(SPILL_PREFIX):].split("-")[0]
+        try:
+            os.kill(int(pid), 0)  # raises when no such process
+            continue
+        except ProcessLookupError:
+            pass
+        except (ValueError, OSError):  # not our naming, or not ours to signal
+            continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+class Spill:
+    """Pass-1 copy of the candidate rows, in local temp TFRecords, in row order.
+
+    Texts are tokenised as they arrive, in batches, by a background thread (TF ops
+    release the GIL, so this overlaps with parsing); what is kept per row is the
+    serialised ``length`` + ``token_ids`` feature entries (see :func:`id_entries`), plus
+    the group and extra columns as raw bytes. Pass 2 streams this back through
+    ``tf.data``. Use as a context manager; the files are deleted on exit.
     """
 
-    def __init__(self, has_group: bool, extra_cols: Sequence[str], check=None):
+    def __init__(self, has_group: bool, extra_cols: Sequence[str], encode_ids,
+                 batch: int = 0):
+        import queue
         import tempfile
+        import threading
 
         import tensorflow as tf
 
-        self.check, self.unsafe = check, 0
-        self.dir = tempfile.mkdtemp(prefix="kt-spill-")
+        _remove_orphan_spills()
+        self.dir = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
         self.has_group, self.num_extras = has_group, len(extra_cols)
-        names = ["text"] + (["group"] if has_group else []) + [f"x{i}" for i in range(len(extra_cols))]
+        names = ["ids"] + (["group"] if has_group else []) + [f"x{i}" for i in range(len(extra_cols))]
         self.paths = [os.path.join(self.dir, f"{n}.tfrecord") for n in names]
         self._writers = [tf.io.TFRecordWriter(p) for p in self.paths]
-        text_w = self._writers[0].write
-        rest = [w.write for w in self._writers[1:]]
-        if not rest:
-            self.write = lambda text, group, extras: text_w(text)
+        self._encode_ids, self._batch_size = encode_ids, batch or ENCODE_BATCH
+        self._texts: list = []
+        self._queue: "queue.Queue" = queue.Queue(maxsize=4)
+        self._error: Optional[BaseException] = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._tokenize_loop, daemon=True)
+        self._thread.start()
+        rest = [_tf_write(w) for w in self._writers[1:]]
+        texts = self._texts
+        if rest:
+            def write(text, group, extras):
+                texts.append(text)
+                if len(texts) >= self._batch_size:
+                    self._flush()
+                i = 0
+                if has_group:
+                    rest[0]((group or "").encode("utf-8"))
+                    i = 1
+                for j, v in enumerate(extras):
+                    rest[i + j]((v or "").encode("utf-8"))
+        else:
+            def write(text, group, extras):
+                texts.append(text)
+                if len(texts) >= self._batch_size:
+                    self._flush()
+        self.write = write  # write(text_bytes, group, extras): add one candidate row
 
-    def write(self, text: bytes, group: Optional[str], extras: tuple) -> None:
-        """Add one candidate row."""
-        ws = self._writers
-        ws[0].write(text)
-        i = 1
-        if self.has_group:
-            ws[1].write((group or "").encode("utf-8"))
-            i = 2
-        for j, v in enumerate(extras):
-            ws[i + j].write((v or "").encode("utf-8"))
+    def _flush(self) -> None:
+        if self._texts:
+            self._queue.put(list(self._texts))
+            self._texts.clear()
+        if self._error is not None:
+            raise self._error
+
+    def _tokenize_loop(self) -> None:
+        import tensorflow as tf
+
+        write = _tf_write(self._writers[0])
+        while True:
+            texts = self._queue.get()
+            if texts is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                for rec in self._encode_ids(tf.constant(texts, tf.string)).numpy().tolist():
+                    write(rec)
+            except BaseException as e:  # re-raised in the parsing thread
+                self._error = e
 
     def close(self) -> None:
-        for w in self._writers:
-            w.close()
+        """Tokenise what is left and wait for the background thread."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._flush()
+        finally:
+            self._queue.put(None)
+            self._thread.join()
+            for w in self._writers:
+                w.close()
+        if self._error is not None:
+            raise self._error
 
     def dataset(self):
-        """``(text, group, extras[k])`` per candidate row, in pass-1 order."""
+        """``(id_entries, group, extras[k])`` per candidate row, in pass-1 order."""
         import tensorflow as tf
 
         self.close()
@@ -396,8 +472,77 @@ class Spill:
     def __exit__(self, *exc):
         import shutil
 
-        self.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            self.close()
+        except BaseException:
+            if exc[0] is None:
+                raise
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _message(kind: str, field: str, value):
+    """One field per row: string ``[B]`` of serialised ``tensorflow.<kind>`` messages."""
+    import tensorflow as tf
+
+    one = tf.ones([tf.shape(value)[0], 1], tf.int32)
+    return tf.io.encode_proto(one, [value[:, None]], [field], f"tensorflow.{kind}")
+
+
+def _int_feature(values, sizes):
+    import tensorflow as tf
+
+    ints = tf.io.encode_proto(sizes[:, None], [values], ["value"], "tensorflow.Int64List")
+    return _message("Feature", "int64_list", ints)
+
+
+def _bytes_feature(v):
+    return _message("Feature", "bytes_list", _message("BytesList", "value", v))
+
+
+def _entries(features: dict):
+    """Serialised ``Features`` holding `features` ({key: Feature [B]}) in key order.
+
+    Map entries are a repeated field, so the bytes of two such messages with disjoint,
+    ordered keys concatenate into the message holding both.
+    """
+    import tensorflow as tf
+
+    n = tf.shape(next(iter(features.values())))[0]
+    entries = [
+        tf.io.encode_proto(tf.fill([n, 2], 1), [tf.fill([n, 1], key), value[:, None]],
+                           ["key", "value"], "tensorflow.Features.FeatureEntry")
+        for key, value in sorted(features.items())
+    ]
+    return tf.io.encode_proto(tf.fill([n, 1], len(entries)), [tf.stack(entries, axis=1)],
+                              ["feature"], "tensorflow.Features")
+
+
+def id_entries(ids):
+    """The ``length`` and ``token_ids`` entries (adjacent in key order) per row."""
+    import tensorflow as tf
+
+    lengths = tf.cast(ids.row_lengths(), tf.int32)
+    ones = tf.ones_like(lengths)
+    return _entries({"token_ids": _int_feature(tf.cast(ids.to_tensor(), tf.int64), lengths),
+                     "length": _int_feature(tf.cast(lengths, tf.int64)[:, None], ones)})
+
+
+def examples_from_entries(ids_entries, labels, groups, extras, extra_cols: Sequence[str]):
+    """Complete ``tf.train.Example`` records from :func:`id_entries` and the rest."""
+    import tensorflow as tf
+
+    # Few distinct groups/labels per batch: encode each distinct value once, then gather.
+    # (Two single-entry Features messages concatenate into one holding both.)
+    g_values, g_index = tf.unique(groups)
+    l_values, l_index = tf.unique(labels)
+    group_entry = tf.gather(_entries({"group": _bytes_feature(g_values)}), g_index)
+    label_entry = tf.gather(_entries({"label": _int_feature(
+        tf.cast(l_values, tf.int64)[:, None], tf.ones_like(l_values))}), l_index)
+    parts = [group_entry, label_entry, ids_entries]
+    if extra_cols:
+        parts.append(_entries({"x_" + c: _bytes_feature(extras[:, i]) for i, c in enumerate(extra_cols)}))
+    return _message("Example", "features", tf.strings.join(parts))
 
 
 def serialize_examples(ids, labels, groups, extras, extra_cols: Sequence[str]):
@@ -407,43 +552,58 @@ def serialize_examples(ids, labels, groups, extras, extra_cols: Sequence[str]):
     with the features of the cache layout (see docs/ARCHITECTURE.md): ``ids`` ragged
     int ``[B, None]``, ``labels`` int ``[B]``, ``groups`` string ``[B]``, ``extras``
     string ``[B, k]``. Map entries are written in sorted key order, as deterministic
-    serialisation does.
+    serialisation does (``x_*`` columns sort after ``token_ids``).
     """
-    import tensorflow as tf
+    return examples_from_entries(id_entries(ids), labels, groups, extras, extra_cols)
 
-    n = tf.shape(labels)[0]
-    one = tf.ones([n, 1], tf.int32)
 
-    def message(kind, field, value):  # one (non-repeated or packed) field per row
-        return tf.io.encode_proto(one, [value[:, None]], [field], f"tensorflow.{kind}")
+_ID_ENCODERS: dict = {}
 
-    def int64s(values, sizes):
-        return tf.io.encode_proto(sizes[:, None], [values], ["value"], "tensorflow.Int64List")
 
-    def int_feature(values, sizes):
-        return message("Feature", "int64_list", int64s(values, sizes))
+class _IdsEncoder:
+    """``texts [N] -> id_entries [N]``, traced once per encoding and length.
 
-    def bytes_feature(v):
-        return message("Feature", "bytes_list", message("BytesList", "value", v))
+    With the fast WordPiece path, a batch whose texts are all safe runs a graph without
+    the KerasHub fallback (which is costly to trace); the full graph is traced only
+    when a batch needs it.
+    """
 
-    lengths = tf.cast(ids.row_lengths(), tf.int32)
-    ones = tf.ones([n], tf.int32)
-    features = {
-        "token_ids": int_feature(tf.cast(ids.to_tensor(), tf.int64), lengths),
-        "length": int_feature(tf.cast(lengths, tf.int64)[:, None], ones),
-        "label": int_feature(tf.cast(labels, tf.int64)[:, None], ones),
-        "group": bytes_feature(groups),
-    }
-    for i, col in enumerate(extra_cols):
-        features["x_" + col] = bytes_feature(extras[:, i])
-    entries = [
-        tf.io.encode_proto(tf.fill([n, 2], 1), [tf.fill([n, 1], key), value[:, None]],
-                           ["key", "value"], "tensorflow.Features.FeatureEntry")
-        for key, value in sorted(features.items())
-    ]
-    feats = tf.io.encode_proto(tf.fill([n, 1], len(entries)), [tf.stack(entries, axis=1)],
-                               ["feature"], "tensorflow.Features")
-    return message("Example", "features", feats)
+    def __init__(self, tokenizer, max_length: int):
+        import tensorflow as tf
+
+        fast = fast_wordpiece.fast_tokenizer(tokenizer)
+        sig = [tf.TensorSpec([None], tf.string)]
+
+        def traced(tok):
+            enc = encoders.TextEncoding(tok)
+            return tf.function(lambda texts: id_entries(enc.encode(texts, max_length)),
+                               input_signature=sig, autograph=False)
+
+        self._fast = fast
+        self._safe_fn = traced(fast.assume_safe()) if fast is not None else None
+        self._full_fn = None
+        self._full_tok = fast if fast is not None else tokenizer
+        self._traced = traced
+
+    def __call__(self, texts):
+        import tensorflow as tf
+
+        if self._fast is not None and bool(tf.reduce_all(self._fast.is_safe(texts))):
+            return self._safe_fn(texts)
+        if self._full_fn is None:
+            self._full_fn = self._traced(self._full_tok)
+        return self._full_fn(texts)
+
+
+def ids_encoder(tokenizer, max_length: int) -> _IdsEncoder:
+    """The (cached) :class:`_IdsEncoder` for `tokenizer` at `max_length`."""
+    key = (id(tokenizer), int(max_length))
+    hit = _ID_ENCODERS.get(key)
+    if hit is None or hit[0] is not tokenizer:
+        if len(_ID_ENCODERS) > 8:
+            _ID_ENCODERS.clear()
+        hit = _ID_ENCODERS[key] = (tokenizer, _IdsEncoder(tokenizer, max_length))
+    return hit[1]
 
 
 def shard_name(split: str, i: int, n: int) -> str:
@@ -460,11 +620,43 @@ def _maybe_pause() -> None:
         time.sleep(float(secs))
 
 
+_ASSEMBLERS: dict = {}
+
+
+def _assembler(has_group: bool, extra_cols: tuple):
+    """The traced pass-2 batch function (cached: tracing costs more than a small build)."""
+    import tensorflow as tf
+
+    key = (has_group, extra_cols)
+    if key in _ASSEMBLERS:
+        return _ASSEMBLERS[key]
+    k = len(extra_cols)
+    rows_spec = tuple(tf.TensorSpec([None], tf.string) for _ in range(1 + has_group + k))
+    meta_spec = (tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32))
+
+    @tf.function(input_signature=[rows_spec, meta_spec], autograph=False)
+    def assemble(rows, meta):
+        """Drop rows not kept; Examples from id entries, labels, groups, extras."""
+        entries = rows[0]
+        n = tf.shape(entries)[0]
+        groups = rows[1] if has_group else tf.fill([n], "")
+        extras = tf.stack(rows[len(rows) - k:], axis=1) if k else tf.zeros([n, 0], tf.string)
+        keys, labels = meta
+        kept = keys >= 0
+        entries, groups, extras, keys, labels = (
+            tf.boolean_mask(x, kept) for x in (entries, groups, extras, keys, labels))
+        return examples_from_entries(entries, labels, groups, extras, extra_cols), keys
+
+    if len(_ASSEMBLERS) > 16:
+        _ASSEMBLERS.clear()
+    _ASSEMBLERS[key] = assemble
+    return assemble
+
+
 def write_shards(spill: Spill, sc: Scan, keep: np.ndarray, splits, shards, nshards,
-                 data_dir: str, encoding, max_length: int, extra_cols: Sequence[str] = (),
-                 progress: bool = True) -> list:
-    """Pass 2: stream the spilled rows through tf.data (drop the rows not kept,
-    tokenize, serialise Examples, all in C++ and in parallel), write the shards."""
+                 data_dir: str, extra_cols: Sequence[str] = (), progress: bool = True) -> list:
+    """Pass 2: stream the spilled rows through tf.data (drop the rows not kept, add
+    labels and columns, serialise Examples: all in C++), write the shards."""
     import tensorflow as tf
 
     n_cand = len(sc.ordinal)
@@ -473,26 +665,19 @@ def write_shards(spill: Spill, sc: Scan, keep: np.ndarray, splits, shards, nshar
     key[keep] = splits.astype(np.int32) * MAX_SHARDS_PER_SPLIT + shards
     label = np.zeros(n_cand, np.int32)
     label[keep] = sc.label[keep]
-    extra_cols = list(extra_cols)
-    k = len(extra_cols)
+    assemble = _assembler(spill.has_group, tuple(extra_cols))
+    key_t, label_t = tf.constant(key), tf.constant(label)
 
     @tf.autograph.experimental.do_not_convert
-    def encode(rows, meta):
-        texts = rows[0]
-        n = tf.shape(texts)[0]
-        groups = rows[1] if spill.has_group else tf.fill([n], "")
-        extras = tf.stack(rows[len(rows) - k:], axis=1) if k else tf.zeros([n, 0], tf.string)
-        keys, labels = meta
-        kept = keys >= 0
-        texts, groups, extras = (tf.boolean_mask(x, kept) for x in (texts, groups, extras))
-        keys, labels = tf.boolean_mask(keys, kept), tf.boolean_mask(labels, kept)
-        ids = encoding.encode(texts, max_length)
-        return serialize_examples(ids, labels, groups, extras, extra_cols), keys
+    def with_meta(rows, start):  # a spill batch holds candidate rows [start, start + n)
+        s = tf.cast(start, tf.int32)
+        e = s + tf.shape(rows[0])[0]
+        return assemble(rows, (key_t[s:e], label_t[s:e]))
 
     ds = (
-        tf.data.Dataset.zip((spill.dataset(), tf.data.Dataset.from_tensor_slices((key, label))))
-        .batch(ENCODE_BATCH)
-        .map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        tf.data.Dataset.zip((spill.dataset().batch(ENCODE_BATCH),
+                             tf.data.Dataset.range(0, max(n_cand, 1), ENCODE_BATCH)))
+        .map(with_meta, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .prefetch(2)
     )
     gf = _gfile()
@@ -502,13 +687,14 @@ def write_shards(spill: Spill, sc: Scan, keep: np.ndarray, splits, shards, nshar
         for i in range(nshards[s]):
             path = posixpath.join(data_dir, shard_name(split, i, nshards[s]))
             writers[s * MAX_SHARDS_PER_SPLIT + i] = tf.io.TFRecordWriter(path)
+    write = {kk: _tf_write(w) for kk, w in writers.items()}
     counts = np.zeros(len(SPLITS) * MAX_SHARDS_PER_SPLIT, np.int64)
     try:
         with Progress("pass 2/2: tokenize+write", total=len(keep), enabled=progress) as bar:
             for b, (records, keys) in enumerate(ds):
                 keys = keys.numpy()
                 for rec, kk in zip(records.numpy().tolist(), keys.tolist()):
-                    writers[kk].write(rec)
+                    write[kk](rec)
                 counts += np.bincount(keys, minlength=len(counts))
                 bar.update(len(keys))
                 if b == 0:
@@ -619,13 +805,11 @@ def build_cache(input_path: str, cache_dir: Optional[str] = None, *,
     source = open_source(input_path, st.text_col, st.label_col, st.group_col, st.extra_cols,
                          st.format, st.delimiter, st.header)
     tokenizer, preset = _tokenizer(tokenizer, preset)
-    fast = fast_wordpiece.fast_tokenizer(tokenizer)
+    encode_ids = ids_encoder(tokenizer, st.max_length)
 
-    with Spill(st.group_col is not None, st.extra_cols, fast and fast.is_safe_text) as spill:
+    with Spill(st.group_col is not None, st.extra_cols, encode_ids) as spill:
         sc = scan(source, st.strict, progress, spill)
-        # All texts safe: the graph needs no KerasHub fallback branch (cheaper to trace).
-        encoding = encoders.TextEncoding(
-            tokenizer if fast is None else fast.assume_safe() if spill.unsafe == 0 else fast)
+        spill.close()
         if sha256 is not None and sha256 != sc.sha256:
             raise DataError(f"{input_path} changed during the build (its sha256 differs from "
                             "the one checked before); rerun the build once the file is stable")
@@ -643,8 +827,8 @@ def build_cache(input_path: str, cache_dir: Optional[str] = None, *,
         build_id = _new_build_id()
         _gfile().makedirs(cache_dir)
         shard_list = write_shards(spill, sc, keep, splits, shards, nshards,
-                                  posixpath.join(cache_dir, f"data-{build_id}"), encoding,
-                                  st.max_length, st.extra_cols, progress)
+                                  posixpath.join(cache_dir, f"data-{build_id}"),
+                                  st.extra_cols, progress)
     written = {split: int((splits == s).sum()) for s, split in enumerate(SPLITS)}
     manifest = {
         "schema_version": SCHEMA_VERSION,

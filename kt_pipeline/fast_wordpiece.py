@@ -64,6 +64,7 @@ SELF_CHECK_VERSION = 1
 CHECK_DIR = os.environ.get("KT_FAST_WORDPIECE_DIR") or os.path.join(
     tempfile.gettempdir(), f"kt_pipeline-{os.getuid() if hasattr(os, 'getuid') else 'u'}", "fast_wordpiece")
 _cache: dict = {}
+_encodings: dict = {}
 
 
 def _ascii_class() -> str:
@@ -108,7 +109,7 @@ class FastWordPiece:
     """Callable like the KerasHub tokenizer (strings -> ragged int32 ids, no specials).
 
     Build with :func:`fast_tokenizer` (which runs the self-check and caches the result).
-    ``fast_fraction(texts)`` says how many strings would take the fast path.
+    :meth:`is_safe` / :meth:`is_safe_text` say which strings take the fast path.
     """
 
     def __init__(self, tokenizer, safe_codepoints=(), wordpiece=None):
@@ -143,8 +144,8 @@ class FastWordPiece:
             self._py_pattern = re.compile(f"[\\t\\n\\r\\x20-\\x7e{cls}]*")
         return self._py_pattern.fullmatch(text) is not None
 
-    def assume_safe(self) -> "FastWordPiece":
-        """A copy whose call is the fast path alone (for inputs checked safe)."""
+    def assume_safe(self) -> "_SafeOnly":
+        """A tokenizer-like view whose call is the fast path alone (inputs checked safe)."""
         return _SafeOnly(self)
 
     def _normalize(self, texts):
@@ -221,7 +222,7 @@ class _Reference:
     def __init__(self, tokenizer):
         import tensorflow as tf
 
-        self._fn = tf.function(lambda x: tf.cast(tokenizer(x), tf.int32),
+        self._fn = tf.function(lambda x: tf.cast(tokenizer(x), tf.int32), autograph=False,
                                input_signature=[tf.TensorSpec([None], tf.string)])
 
     def __call__(self, texts) -> list:
@@ -239,7 +240,8 @@ def self_check(fast: FastWordPiece, candidates, reference=None) -> set:
         return [c, f"a{c}b", f"A{c}", f"{c}{c} {c}!"]
 
     reference = reference or _Reference(fast.tokenizer)
-    fast_fn = tf.function(fast.fast_only, input_signature=[tf.TensorSpec([None], tf.string)])
+    fast_fn = tf.function(fast.fast_only, input_signature=[tf.TensorSpec([None], tf.string)],
+                          autograph=False)
     cands = sorted(candidates)
     chunks = [cands[i:i + 48] for i in range(0, len(cands), 48)]
     texts = [" ".join(p for c in ch for p in probes(chr(c))) for ch in chunks]
@@ -347,6 +349,17 @@ def fast_tokenizer(tokenizer):
 
 
 def text_encoding(tokenizer) -> encoders.TextEncoding:
-    """``encoders.TextEncoding`` over the fast path when it applies, else the tokenizer."""
+    """``encoders.TextEncoding`` over the fast path when it applies, else the tokenizer.
+
+    The same object is returned for the same tokenizer (so traced functions built on
+    it can be reused).
+    """
+    hit = _encodings.get(id(tokenizer))
+    if hit is not None and hit[0] is tokenizer:
+        return hit[1]
     fast = fast_tokenizer(tokenizer)
-    return encoders.TextEncoding(fast if fast is not None else tokenizer)
+    enc = encoders.TextEncoding(fast if fast is not None else tokenizer)
+    if len(_encodings) >= _MAX_FAST_CACHE:
+        _encodings.clear()
+    _encodings[id(tokenizer)] = (tokenizer, enc)
+    return enc

@@ -3,22 +3,27 @@
 All pair terms are restricted to *non-narrative* examples of the *same book* (group):
 positives share book and speaker, negatives share the book but not the speaker.
 
-Anchor contrastive loss (per example ``i`` with weight ``w_i``; ``d`` = L2 distance)::
+Anchor contrastive loss (per example ``i`` with weight ``w_i``; ``d`` = L2 distance;
+``smax_T`` / ``smin_T`` = the smooth maximum / minimum ``T log sum exp(+-x / T)``;
+``soft_hinge_T(x) = T softplus(x / T)``, which tends to ``relu(x)`` as ``T -> 0``)::
 
     pull_b(i) = mean_{p in P(i)} d(i, p)
-    push_b(i) = mean_{p in P(i), n in N(i)} relu(margin + d(i, p) - d(i, n))
+    push_b(i) = soft_hinge_T(margin + smax_T{d(i, p): p in P(i)} - smin_T{d(i, n): n in N(i)})
     pull_a(i) = min_{own anchors a} d(i, a)
-    push_a(i) = mean_{other-speaker anchors b} relu(margin + pull_a(i) - d(i, b))
+    push_a(i) = soft_hinge_T(margin + pull_a(i) - smin_T{d(i, b): other-speaker anchors b})
     in_batch  = mean_i w_i (mu_p pull_b + mu_n push_b)   over i with >= 1 positive
     anchor    = mean_i w_i (mu_p pull_a + mu_n push_a)   over i whose speaker has anchors
     contrastive = sigma * in_batch + (1 - sigma) * anchor
 
-(the push terms average over the pairs that exist; weighted means divide by the sum of
-the weights of the examples that count). Stable by construction: distances are
-``m * sqrt(sum((x/m)^2) + eps)`` with ``m`` the largest absolute coordinate difference
-(no overflow, finite gradient at 0), hinges are ``relu``, SupCon uses a masked
-``logsumexp`` and the narrative head ``sigmoid_cross_entropy_with_logits``; an empty
-set of terms contributes 0 (never 0/0).
+The push terms are a smoothed batch-hard triplet loss (the hardest positive against
+the hardest negative, Hermans et al. 2017) with margin epsilon = ``margin``; a push term
+with no negative is 0. Weighted means divide by the sum of the weights of the examples
+that count. Stable by construction: distances are ``m * sqrt(sum((x/m)^2) + eps)`` with
+``m`` the largest absolute coordinate difference (no overflow, finite gradient at 0);
+smooth max/min are shifted ``logsumexp`` over masked entries; the soft hinge is
+``relu(x) + T log1p(exp(-|x| / T))``; SupCon uses a masked ``logsumexp`` and the
+narrative head ``sigmoid_cross_entropy_with_logits``; an empty set of terms contributes
+0 (never 0/0).
 
 Example:
 
@@ -26,7 +31,7 @@ Example:
 >>> from kt_pipeline import losses
 >>> z = np.array([[0., 0.], [1., 0.], [0., 3.]], "float32")
 >>> out = losses.anchor_contrastive(z, labels=[0, 0, 1], groups=[0, 0, 0], margin=1.0)
->>> round(float(out["in_batch"]), 4)   # pull 1, push: i=0: relu(1+1-3)=0; i=1: relu(1+1-sqrt(10))=0
+>>> round(float(out["in_batch"]), 4)   # pull 1; push ~ relu(1 + 1 - 3) = 0 for i = 0 and 1
 1.0
 """
 
@@ -95,16 +100,31 @@ def pair_masks(labels, groups, narrative=None):
     return pos, neg, active
 
 
-def _terms(d_pos_mask, d, neg_mask, margin):
-    """Pull and margin-push terms for distances ``d [B, M]`` with masks over columns.
+def smooth_max(values, mask, temperature: float, axis=1):
+    """``T * logsumexp(values / T)`` over masked entries (shifted: no overflow); -1e9 if none."""
+    m = tf.stop_gradient(tf.reduce_max(tf.where(mask, values, NEG_LARGE), axis=axis, keepdims=True))
+    m = tf.where(tf.reduce_any(mask, axis=axis, keepdims=True), m, 0.0)
+    x = tf.where(mask, (values - m) / temperature, NEG_LARGE)
+    return tf.squeeze(m, axis) + temperature * tf.reduce_logsumexp(x, axis=axis)
 
-    Returns ``(pull [B], push [B], has_pos [B])``; ``pull`` is the mean positive
-    distance, ``push`` the mean over (positive, negative) pairs of the hinge.
+
+def soft_hinge(x, temperature: float):
+    """``T * softplus(x / T)`` computed as ``relu(x) + T * log1p(exp(-|x| / T))``."""
+    return tf.nn.relu(x) + temperature * tf.math.log1p(tf.exp(-tf.abs(x) / temperature))
+
+
+def _terms(pos_mask, d, neg_mask, margin, temperature):
+    """Pull and push terms for distances ``d [B, M]`` with masks over columns.
+
+    Returns ``(pull [B], push [B], has_pos [B])``: the mean positive distance and the
+    soft batch-hard triplet term (0 where there is no positive or no negative).
     """
-    pull, npos = _masked_mean(d, d_pos_mask, axis=1)
-    hinge = tf.nn.relu(margin + d[:, :, None] - d[:, None, :])  # [B, pos j, neg k]
-    trip = tf.logical_and(d_pos_mask[:, :, None], neg_mask[:, None, :])
-    push, _ = _masked_mean(hinge, trip, axis=[1, 2])
+    pull, npos = _masked_mean(d, pos_mask, axis=1)
+    hardest_pos = smooth_max(d, pos_mask, temperature)
+    hardest_neg = -smooth_max(-d, neg_mask, temperature)
+    ok = tf.logical_and(npos > 0, tf.reduce_any(neg_mask, axis=1))
+    push = tf.where(ok, soft_hinge(margin + tf.where(ok, hardest_pos - hardest_neg, 0.0),
+                                   temperature), 0.0)
     return pull, push, npos > 0
 
 
@@ -121,6 +141,7 @@ def anchor_contrastive(
     sigma: float = 1.0,
     mu_p: float = 1.0,
     mu_n: float = 1.0,
+    softness: float = 0.1,
 ) -> dict:
     """The anchor contrastive loss (see the module docstring) and its parts.
 
@@ -136,7 +157,7 @@ def anchor_contrastive(
     pos, neg, active = pair_masks(labels, groups, narrative)
 
     d = pairwise_distances(z, z)
-    pull_b, push_b, has_pos = _terms(pos, d, neg, margin)
+    pull_b, push_b, has_pos = _terms(pos, d, neg, margin, softness)
     valid_b = tf.logical_and(active, has_pos)
     in_batch = _weighted_mean(mu_p * pull_b + mu_n * push_b, valid_b, w)
 
@@ -153,7 +174,10 @@ def anchor_contrastive(
         big = tf.stop_gradient(tf.reduce_max(tf.where(own, da, 0.0)) + 1.0)
         pull_a = tf.reduce_min(tf.where(own, da, big), axis=1)
         pull_a = tf.where(has_own, pull_a, 0.0)
-        push_a, _ = _masked_mean(tf.nn.relu(margin + pull_a[:, None] - da), other, axis=1)
+        has_other = tf.reduce_any(other, axis=1) & has_own
+        nearest_other = -smooth_max(-da, other, softness)
+        push_a = tf.where(has_other, soft_hinge(
+            margin + tf.where(has_other, pull_a - nearest_other, 0.0), softness), 0.0)
         anchor_term = _weighted_mean(mu_p * pull_a + mu_n * push_a, has_own, w)
 
     pos_dist, npairs = _masked_mean(d, pos, axis=[0, 1])

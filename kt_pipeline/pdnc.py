@@ -66,6 +66,19 @@ def _read(path: str) -> str:
         return f.read().decode("utf-8", errors="replace")
 
 
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` atomically (temp file + rename); leave an identical file untouched."""
+    import secrets
+
+    gf = _gfile()
+    if gf.exists(path) and _read(path) == text:
+        return
+    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+    with gf.GFile(tmp, "w") as f:
+        f.write(text)
+    gf.rename(tmp, path, overwrite=True)
+
+
 def clean(text: str) -> str:
     """Collapse whitespace (newlines included) to single spaces."""
     return _SPACE.sub(" ", text or "").strip()
@@ -216,8 +229,7 @@ def write_examples_csv(examples: Sequence[dict], path: str) -> str:
     w.writeheader()
     for ex in examples:
         w.writerow({c: ex.get(c, "") for c in COLUMNS + CONTEXT_COLUMNS})
-    with _gfile().GFile(path, "w") as f:
-        f.write(buf.getvalue())
+    write_text(path, buf.getvalue())
     return path
 
 
@@ -257,8 +269,7 @@ def write_cache_csv(examples: Sequence[dict], path: str, window: int = 0,
     for ex in examples:
         w.writerow([ex["book"], windowed_text(ex, window, unit, quote_words=quote_words),
                     ex["speaker"], ex["is_narrative"]])
-    with _gfile().GFile(path, "w") as f:
-        f.write(buf.getvalue())
+    write_text(path, buf.getvalue())
     return path
 
 

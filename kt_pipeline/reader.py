@@ -38,22 +38,6 @@ SPLITS = ("train", "validation", "test")
 PADDINGS = ("bucket", "dynamic", "fixed")
 BUCKET_SIZES = (16, 32, 64, 128, 256, 512)
 SHUFFLE_BUFFER = 10_000
-PARSE_BATCH = 256
-
-
-def truncate_batch(ids, max_length: int):
-    """Ragged ``[B, None]`` ids truncated to `max_length`, keeping each row's last id.
-
-    The batched twin of :func:`kt_pipeline.encoders.truncate_ids` (rows hold >= 1 id).
-    """
-    import tensorflow as tf
-
-    head = ids[:, : max_length - 1]
-    has_tail = ids.row_lengths() >= max_length  # the row reaches the last kept slot
-    last = tf.gather(ids.flat_values, ids.row_splits[1:] - 1)  # each row's last id
-    last = tf.boolean_mask(last, has_tail)
-    tail = tf.RaggedTensor.from_row_lengths(last, tf.cast(has_tail, ids.row_splits.dtype))
-    return tf.concat([head, tail], axis=1)
 
 
 class CacheError(DataError):
@@ -173,6 +157,8 @@ def make_dataset(
     """
     import tensorflow as tf
 
+    from kt_pipeline.encoders import truncate_ids
+
     m = load_manifest(cache_dir)
     _check_split(split)
     if padding not in PADDINGS:
@@ -210,24 +196,15 @@ def make_dataset(
     if repeat:
         ds = ds.repeat()
 
-    def parse(records):  # a batch of serialised Examples -> per-example features
-        ex = tf.io.parse_example(records, spec)
-        ids = tf.cast(truncate_batch(tf.RaggedTensor.from_sparse(ex["token_ids"]), L), tf.int32)
-        feats = {"token_ids": ids, "length": tf.cast(ids.row_lengths(), tf.int32)}
+    def parse(record):
+        ex = tf.io.parse_single_example(record, spec)
+        ids = tf.cast(truncate_ids(ex["token_ids"].values, L), tf.int32)
+        feats = {"token_ids": ids, "length": tf.shape(ids)[0]}
         for n in names:
             feats[n] = ex[n]
         return feats, tf.cast(ex["label"], tf.int32)
 
-    # Parse in batches (one op call per PARSE_BATCH records), then back to examples so
-    # shuffling, bucketing and batching see exactly the same stream as before.
-    def dense(f, y):  # unbatched ragged rows come back as ragged_rank-0 values
-        ids = f["token_ids"]
-        return {**f, "token_ids": ids if isinstance(ids, tf.Tensor) else ids.flat_values}, y
-
-    ds = (ds.batch(PARSE_BATCH)
-          .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .unbatch()
-          .map(dense))
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     shapes = ({"token_ids": [L if padding == "fixed" else None], "length": [],
                **{n: [] for n in names}}, [])
     values = ({"token_ids": tf.constant(pad_id, tf.int32), "length": tf.constant(0, tf.int32),

@@ -124,8 +124,9 @@ class ClusterConfig:
     lam: float = 1.0
     margin: float = 0.5
     sigma: float = 0.5  # 1 = in-batch terms only, 0 = anchor terms only
-    mu_p: float = 1.0
+    mu_p: float = 0.2
     mu_n: float = 1.0
+    softness: float = 0.1  # T of the smooth batch-hard push terms
     temperature: float = 0.1  # SupCon
     balance: str = "inverse"  # inverse | none
     memory_steps: Optional[int] = 20  # null = unlimited
@@ -171,6 +172,7 @@ def validate(cfg: ClusterConfig) -> None:
         (cfg.steps >= 1 and cfg.eval_every >= 1, "steps and eval_every must be >= 1"),
         (cfg.embedding_dim >= 1, f"embedding_dim={cfg.embedding_dim}: expected >= 1"),
         (cfg.temperature > 0, f"temperature={cfg.temperature}: expected > 0"),
+        (cfg.softness > 0, f"softness={cfg.softness}: expected > 0"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -456,7 +458,8 @@ class Trainer:
                 out = self.model({"token_ids": tok, "padding_mask": mask}, training=True)
                 kw = {} if cfg.loss == "supcon" else dict(
                     anchors=a, anchor_labels=al, anchor_groups=ag, margin=cfg.margin,
-                    sigma=cfg.sigma, mu_p=cfg.mu_p, mu_n=cfg.mu_n)
+                    sigma=cfg.sigma, mu_p=cfg.mu_p, mu_n=cfg.mu_n,
+                    softness=cfg.softness)
                 parts = losses.total_loss(out["embedding"], out["narrative_logit"], labels, groups,
                                           narrative, kind=cfg.loss, lam=cfg.lam, weights=weights,
                                           temperature=cfg.temperature, **kw)

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random BERT preset, the shared data folder, quiet TF."""
+"""Shared fixtures: a tiny random BERT preset, a demo cache for it, the shared data folder, quiet TF."""
 
 import os
 import pathlib
@@ -32,3 +32,16 @@ def shared_data():
 def sample_csv():
     """The bundled demo data."""
     return str(ROOT / "kt_pipeline" / "data" / "sample_reviews.csv")
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory, tiny_preset, sample_csv):
+    """The bundled 400-row demo data tokenized for the tiny BERT (320/40/40 split).
+
+    Built once per session; treat it as read-only (training writes to its own model dir).
+    """
+    from kt_pipeline import cache
+
+    path = str(tmp_path_factory.mktemp("demo_cache") / "demo")
+    cache.build_cache(sample_csv, path, preset=tiny_preset, max_length=64, progress=False)
+    return path

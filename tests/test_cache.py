@@ -396,3 +396,14 @@ def test_source_changed_after_its_check_is_an_error(tmp_path, tok):
     from kt_pipeline.sources import file_sha256
 
     assert m["source"]["sha256"] == file_sha256(src)  # hashed while parsing, same digest
+
+
+def test_spill_dirs_of_killed_builds_are_removed(tmp_path, tok):
+    import tempfile
+
+    orphan = pathlib.Path(tempfile.gettempdir()) / f"{cache.SPILL_PREFIX}999999999-x"
+    orphan.mkdir(exist_ok=True)
+    cache.build_cache(make_csv(tmp_path / "d.csv", n=30), str(tmp_path / "c"), tokenizer=tok,
+                      progress=False)
+    assert not orphan.exists()
+    assert not list(pathlib.Path(tempfile.gettempdir()).glob(f"{cache.SPILL_PREFIX}{os.getpid()}-*"))

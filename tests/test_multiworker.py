@@ -6,9 +6,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
-import tensorflow as tf
-
 
 def free_ports(n):
     socks = [socket.socket() for _ in range(n)]
@@ -18,15 +15,6 @@ def free_ports(n):
     for s in socks:
         s.close()
     return ports
-
-
-@pytest.fixture(scope="module")
-def demo_cache(tmp_path_factory, tiny_preset, sample_csv):
-    from kt_pipeline import cache
-
-    path = str(tmp_path_factory.mktemp("mw_cache") / "demo")
-    cache.build_cache(sample_csv, path, preset=tiny_preset, max_length=64, progress=False)
-    return path
 
 
 def test_two_workers_train_the_same_weights(demo_cache, tmp_path):

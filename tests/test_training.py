@@ -23,16 +23,6 @@ from kt_pipeline.strategy import StrategyError
 FAST = dict(batch_size=16, max_seq_length=32, learning_rate=3e-3, pooling="mean", strategy="cpu")
 
 
-@pytest.fixture(scope="module")
-def demo_cache(tmp_path_factory, tiny_preset, sample_csv):
-    """The bundled 400-row demo data tokenized for the tiny BERT (320/40/40 split)."""
-    from kt_pipeline import cache
-
-    path = str(tmp_path_factory.mktemp("cache") / "demo")
-    cache.build_cache(sample_csv, path, preset=tiny_preset, max_length=64, progress=False)
-    return path
-
-
 def read_history(path):
     with tf.io.gfile.GFile(path) as f:
         return list(csv.DictReader(io.StringIO(f.read())))

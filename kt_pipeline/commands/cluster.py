@@ -7,7 +7,7 @@ HELP = "speaker clustering of novel quotes: prepare examples, train embeddings, 
 EXAMPLES = """
   # PDNC folder -> plain examples CSV (book, text, speaker, is_narrative, context_*)
   kt-pipeline cluster prepare --pdnc ../shared/data/pdnc --books Emma,Persuasion --output quotes.csv
-  # train the anchor loss on three novels (splits are whole books), MiniLM, 300 steps
+  # train the anchor loss on five novels (splits are whole books), MiniLM, 300 steps
   kt-pipeline cluster train --data ../shared/data/pdnc --model-dir runs/spk \\
       --set books=Emma,Persuasion,DaisyMiller,TheGambler,AHandfulOfDust --set steps=300 --set window=16
   # SupCon baseline on the same model
