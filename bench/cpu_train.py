@@ -39,7 +39,7 @@ def _write_tsv(rows, path):
 
 
 # ---------------------------------------------------------------- ours (Keras / TF)
-def ours_setup(d, lr, total_steps, warmup):
+def ours_setup(d, lr, total_steps, warmup, a):
     from kt_pipeline import cache, encoders, models, optim, training
 
     tok = encoders.load_tokenizer(None)
@@ -50,9 +50,9 @@ def ours_setup(d, lr, total_steps, warmup):
         caches[name] = os.path.join(d, name)
         cache.build_cache(src, caches[name], text_col="sentence", label_col="label",
                           tokenizer=tok, ratios=(1.0, 0.0, 0.0), progress=False)
-    model = models.build_classifier(encoders.load_backbone(None), 2, dropout=0.1)
+    model = models.build_classifier(encoders.load_backbone(None), 2, a.pooling, dropout=0.1)
     opt = optim.build_optimizer(lr, warmup, total_steps)
-    training.compile_classifier(model, opt)
+    training.compile_classifier(model, opt, a.jit_compile)
     return model, caches
 
 
@@ -66,7 +66,7 @@ def ours_data(cache_dir, padding, repeat=True, shuffle=True):
 
 def ours_throughput(a):
     with tempfile.TemporaryDirectory() as d:
-        model, caches = ours_setup(d, 5e-5, 10_000, 100)
+        model, caches = ours_setup(d, 5e-5, 10_000, 100, a)
         ds = ours_data(caches["train"], a.padding)
         model.fit(ds, steps_per_epoch=a.warmup, epochs=1, verbose=0)
         times = []
@@ -101,7 +101,7 @@ def ours_tta(a):
 
     total = a.max_steps
     with tempfile.TemporaryDirectory() as d:
-        model, caches = ours_setup(d, 1e-4, total, total // 10)
+        model, caches = ours_setup(d, 1e-4, total, total // 10, a)
         ds = ours_data(caches["train"], "bucket")
         val = ours_data(caches["val"], "bucket", repeat=False, shuffle=False)
         cb = Stop(val)
@@ -214,7 +214,18 @@ def peer_tta(a):
     return None, curve
 
 
+def _settings(a) -> dict:
+    """The knobs that shaped this run (ours only; the peer has none of these)."""
+    if a.system != "ours":
+        return {}
+    return {"pooling": a.pooling, "jit_compile": bool(a.jit_compile),
+            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
+
+
 def main():
+    from kt_pipeline.config import TrainConfig
+
+    defaults = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("mode", choices=["throughput", "tta"])
     p.add_argument("--system", choices=["ours", "peer"], required=True)
@@ -225,16 +236,21 @@ def main():
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--max-steps", type=int, default=400)
     p.add_argument("--target", type=float, default=0.85)
+    p.add_argument("--pooling", choices=["cls", "mean"], default=defaults.pooling,
+                   help="ours: classifier pooling (default: TrainConfig's)")
+    p.add_argument("--jit-compile", type=int, choices=[0, 1], default=int(defaults.jit_compile),
+                   help="ours: XLA-compile the train step (default: TrainConfig's)")
     a = p.parse_args()
     require_sst2()
     if a.mode == "throughput":
         times = (ours_throughput if a.system == "ours" else peer_throughput)(a)
         emit(benchmark="train_throughput", system=a.system, padding=a.padding, seq=SEQ,
+             **_settings(a),
              batch=BATCH, examples_per_s=round(BATCH * a.steps / median(times), 2),
              windows_s=[round(t, 2) for t in times])
     else:
         hit, curve = (ours_tta if a.system == "ours" else peer_tta)(a)
-        emit(benchmark="time_to_accuracy", system=a.system, target=a.target,
+        emit(benchmark="time_to_accuracy", system=a.system, target=a.target, **_settings(a),
              reached=hit is not None, step=hit and hit[0],
              train_seconds=hit and round(hit[1], 1), accuracy=hit and round(hit[2], 4),
              curve=curve)

@@ -26,6 +26,11 @@ POS_TAIL = ["Highly recommended.", "I would watch it again.", "Ten out of ten.",
 NEG_TAIL = ["Avoid it.", "I want my money back.", "Two out of ten.",
             "Hated it.", "Skip this one.", "Not worth the time.", ""]
 OPENERS = ["Honestly,", "Overall,", "Frankly,", "To be fair,", "In short,", ""]
+# Harder rows: the first clause points the other way, the second decides.
+POS_TURN = ["I expected to hate it, but", "Despite the slow start,", "The trailer looked awful, yet",
+            "I almost gave up, but then"]
+NEG_TURN = ["It started well, but", "Despite the big budget,", "The trailer looked great, yet",
+            "I wanted to love it, but"]
 
 
 def make(n=400, seed=7):
@@ -36,8 +41,11 @@ def make(n=400, seed=7):
         positive = rng.random() < 0.5
         subj = rng.choice(SUBJECTS[kind])
         verb = rng.choice(POS if positive else NEG)
-        tail = rng.choice(POS_TAIL if positive else NEG_TAIL)
-        opener = rng.choice(OPENERS)
+        tail = rng.choice(POS_TAIL if positive else NEG_TAIL) if rng.random() < 0.5 else ""
+        if rng.random() < 0.3:
+            opener = rng.choice(POS_TURN if positive else NEG_TURN)
+        else:
+            opener = rng.choice(OPENERS)
         text = " ".join(x for x in [opener, subj, verb + ".", tail] if x)
         text = text[0].upper() + text[1:]
         if text in seen:

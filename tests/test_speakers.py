@@ -141,7 +141,7 @@ def test_bad_settings_are_config_errors(override):
 
 
 def test_cli_prepare(tmp_path, capsys):
-    from tests.test_pdnc import make_book
+    from test_pdnc import make_book  # tests/ is on sys.path (rootdir conftest)
 
     root = make_book(tmp_path / "pdnc")
     out = tmp_path / "q.csv"
