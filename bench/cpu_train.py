@@ -16,6 +16,11 @@ models.build_classifier + optim.build_optimizer, Keras `fit`. Peer: Hugging Face
 Throughput = examples/s over `--steps` timed steps after `--warmup` steps (median of
 `--repeats` windows). TTA = training wall time (evaluation excluded) until accuracy on
 1,000 held-out rows first reaches 0.85, evaluated every `--eval-every` steps.
+
+Ours runs with TrainConfig's defaults (pooling, jit_compile); `--pooling`, `--jit-compile`
+and `--bucket-sizes` (a what-if for `reader.BUCKET_SIZES`) try others. The result line
+records them. On a shared machine, run ours and the peer back to back, alternate and
+repeat, and report medians; `windows_s` also shows the least-disturbed window.
 """
 
 from __future__ import annotations
@@ -50,14 +55,20 @@ def ours_setup(d, lr, total_steps, warmup, a):
         caches[name] = os.path.join(d, name)
         cache.build_cache(src, caches[name], text_col="sentence", label_col="label",
                           tokenizer=tok, ratios=(1.0, 0.0, 0.0), progress=False)
+    import keras
+
+    keras.utils.set_random_seed(0)  # the peer seeds torch the same way
     model = models.build_classifier(encoders.load_backbone(None), 2, a.pooling, dropout=0.1)
     opt = optim.build_optimizer(lr, warmup, total_steps)
     training.compile_classifier(model, opt, a.jit_compile)
     return model, caches
 
 
-def ours_data(cache_dir, padding, repeat=True, shuffle=True):
+def ours_data(cache_dir, padding, repeat=True, shuffle=True, bucket_sizes=None):
     from kt_pipeline import reader
+
+    if bucket_sizes:  # a what-if for the reader's bucket boundaries (see --bucket-sizes)
+        reader.BUCKET_SIZES = tuple(bucket_sizes)
 
     return reader.make_dataset(cache_dir, "train", batch_size=BATCH, max_seq_length=SEQ,
                                padding=padding, shuffle=shuffle, seed=0, repeat=repeat,
@@ -67,7 +78,7 @@ def ours_data(cache_dir, padding, repeat=True, shuffle=True):
 def ours_throughput(a):
     with tempfile.TemporaryDirectory() as d:
         model, caches = ours_setup(d, 5e-5, 10_000, 100, a)
-        ds = ours_data(caches["train"], a.padding)
+        ds = ours_data(caches["train"], a.padding, bucket_sizes=a.bucket_sizes)
         model.fit(ds, steps_per_epoch=a.warmup, epochs=1, verbose=0)
         times = []
         for _ in range(a.repeats):
@@ -102,7 +113,7 @@ def ours_tta(a):
     total = a.max_steps
     with tempfile.TemporaryDirectory() as d:
         model, caches = ours_setup(d, 1e-4, total, total // 10, a)
-        ds = ours_data(caches["train"], "bucket")
+        ds = ours_data(caches["train"], "bucket", bucket_sizes=a.bucket_sizes)
         val = ours_data(caches["val"], "bucket", repeat=False, shuffle=False)
         cb = Stop(val)
         model.fit(ds, steps_per_epoch=total, epochs=1, verbose=0, callbacks=[cb])
@@ -218,7 +229,10 @@ def _settings(a) -> dict:
     """The knobs that shaped this run (ours only; the peer has none of these)."""
     if a.system != "ours":
         return {}
+    from kt_pipeline import reader
+
     return {"pooling": a.pooling, "jit_compile": bool(a.jit_compile),
+            "bucket_sizes": list(a.bucket_sizes or reader.BUCKET_SIZES),
             "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
 
 
@@ -240,6 +254,9 @@ def main():
                    help="ours: classifier pooling (default: TrainConfig's)")
     p.add_argument("--jit-compile", type=int, choices=[0, 1], default=int(defaults.jit_compile),
                    help="ours: XLA-compile the train step (default: TrainConfig's)")
+    p.add_argument("--bucket-sizes", type=lambda v: [int(x) for x in v.split(",")],
+                   default=None, help="ours: what-if bucket boundaries instead of "
+                   "reader.BUCKET_SIZES, e.g. 8,16,24,32,40,48,56,64,96,128")
     a = p.parse_args()
     require_sst2()
     if a.mode == "throughput":

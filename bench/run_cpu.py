@@ -7,6 +7,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RUNS = [
     ["cache_build.py"],
+    ["cache_per_length.py"],
     ["reader_throughput.py"],
     ["cpu_train.py", "throughput", "--system", "ours", "--padding", "bucket"],
     ["cpu_train.py", "throughput", "--system", "peer", "--padding", "bucket"],

@@ -9,6 +9,9 @@ Anchor contrastive loss (per example ``i`` with weight ``w_i``; ``d`` = L2 dista
 
     pull_b(i) = mean_{p in P(i)} d(i, p)
     push_b(i) = soft_hinge_T(margin + smax_T{d(i, p): p in P(i)} - smin_T{d(i, n): n in N(i)})
+                                                  (positives="hardest")
+    push_b(i) = mean_{p in P(i)} soft_hinge_T(margin + d(i, p) - smin_T{d(i, n): n in N(i)})
+                                                  (positives="each")
     pull_a(i) = min_{own anchors a} d(i, a)
     push_a(i) = soft_hinge_T(margin + pull_a(i) - smin_T{d(i, b): other-speaker anchors b})
     in_batch  = mean_i w_i (mu_p pull_b + mu_n push_b)   over i with >= 1 positive
@@ -17,7 +20,11 @@ Anchor contrastive loss (per example ``i`` with weight ``w_i``; ``d`` = L2 dista
 
 The push terms are a smoothed batch-hard triplet loss (the hardest positive against
 the hardest negative, Hermans et al. 2017) with margin epsilon = ``margin``; a push term
-with no negative is 0. Weighted means divide by the sum of the weights of the examples
+with no negative is 0. ``positives="each"`` instead puts *every* positive against the
+(smoothly) nearest negatives and averages, which equals ``T log(1 + sum_n exp((margin +
+d_ip - d_in) / T))`` per positive: the distance-and-margin form of SupCon's softmax, so
+easy positives (quotes with an attribution cue) keep contributing gradient instead of
+only the hardest ones (often quotes nobody could attribute). Weighted means divide by the sum of the weights of the examples
 that count. Stable by construction: distances are ``m * sqrt(sum((x/m)^2) + eps)`` with
 ``m`` the largest absolute coordinate difference (no overflow, finite gradient at 0);
 smooth max/min are shifted ``logsumexp`` over masked entries; the soft hinge is
@@ -113,18 +120,32 @@ def soft_hinge(x, temperature: float):
     return tf.nn.relu(x) + temperature * tf.math.log1p(tf.exp(-tf.abs(x) / temperature))
 
 
-def _terms(pos_mask, d, neg_mask, margin, temperature):
+POSITIVES = ("hardest", "each")
+
+
+def _terms(pos_mask, d, neg_mask, margin, temperature, positives="hardest"):
     """Pull and push terms for distances ``d [B, M]`` with masks over columns.
 
     Returns ``(pull [B], push [B], has_pos [B])``: the mean positive distance and the
-    soft batch-hard triplet term (0 where there is no positive or no negative).
+    soft triplet term (0 where there is no positive or no negative): the hardest positive
+    against the nearest negatives (``positives="hardest"``), or each positive against
+    them, averaged (``"each"``).
     """
     pull, npos = _masked_mean(d, pos_mask, axis=1)
-    hardest_pos = smooth_max(d, pos_mask, temperature)
     hardest_neg = -smooth_max(-d, neg_mask, temperature)
     ok = tf.logical_and(npos > 0, tf.reduce_any(neg_mask, axis=1))
-    push = tf.where(ok, soft_hinge(margin + tf.where(ok, hardest_pos - hardest_neg, 0.0),
-                                   temperature), 0.0)
+    if positives == "each":
+        x = tf.where(ok[:, None], margin + d - hardest_neg[:, None], 0.0)
+        per_pair, _ = _masked_mean(soft_hinge(x, temperature), pos_mask, axis=1)
+        push = tf.where(ok, per_pair, 0.0)
+    elif positives == "hardest":
+        hardest_pos = smooth_max(d, pos_mask, temperature)
+        push = tf.where(ok, soft_hinge(margin + tf.where(ok, hardest_pos - hardest_neg, 0.0),
+                                       temperature), 0.0)
+    else:
+        from kt_pipeline.errors import ConfigError
+
+        raise ConfigError(f"positives={positives!r}: expected one of {', '.join(POSITIVES)}")
     return pull, push, npos > 0
 
 
@@ -142,6 +163,7 @@ def anchor_contrastive(
     mu_p: float = 1.0,
     mu_n: float = 1.0,
     softness: float = 0.1,
+    positives: str = "hardest",
 ) -> dict:
     """The anchor contrastive loss (see the module docstring) and its parts.
 
@@ -157,7 +179,7 @@ def anchor_contrastive(
     pos, neg, active = pair_masks(labels, groups, narrative)
 
     d = pairwise_distances(z, z)
-    pull_b, push_b, has_pos = _terms(pos, d, neg, margin, softness)
+    pull_b, push_b, has_pos = _terms(pos, d, neg, margin, softness, positives)
     valid_b = tf.logical_and(active, has_pos)
     in_batch = _weighted_mean(mu_p * pull_b + mu_n * push_b, valid_b, w)
 

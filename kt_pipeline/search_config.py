@@ -23,6 +23,12 @@ removes the key. ``warmup_fraction`` (a fraction of the total steps) replaces
 Overrides are dotted paths: ``tuner.max_trials=4``, ``space.learning_rate.max=1e-4``,
 ``space.batch_size=[16,32]``, ``data.cache_dir=tfrecords/x``, ``train.pooling=mean``.
 
+``task: speaker_clustering`` tunes :class:`kt_pipeline.speakers.ClusterConfig` instead:
+the fixed settings go under ``cluster:`` (any ClusterConfig field but ``model_dir``,
+``monitor`` and ``preset``), the space (default :data:`CLUSTER_SPACE`) names
+ClusterConfig fields, the objective is ``val_ari`` and the default tuner is
+``bayesian`` (see :mod:`kt_pipeline.speaker_tuning`).
+
 Example:
 
 >>> from kt_pipeline.search_config import SearchConfig, build_config
@@ -31,6 +37,10 @@ Example:
 ...                    ["space.learning_rate.max=1e-4", "space.batch_size=[16]"])
 >>> cfg.tuner.max_trials, cfg.space["learning_rate"].max, cfg.space["batch_size"].values
 (3, 0.0001, [16])
+>>> spk = build_config({"task": "speaker_clustering", "cluster": {"steps": 50}},
+...                    ["space.window=[0,12]"])
+>>> spk.tuner.objective, spk.cluster.steps, spk.space["projection_hidden"].values
+('val_ari', 50, ['1024', '1024,2048', ''])
 """
 
 from __future__ import annotations
@@ -45,6 +55,8 @@ from kt_pipeline.config import TrainConfig, apply_overrides, from_dict, load_yam
 from kt_pipeline.errors import ConfigError
 
 TUNERS = ("hyperband", "bayesian", "random")
+SPEAKER_TASK = "speaker_clustering"
+TASKS = ("classification", SPEAKER_TASK)
 SAMPLINGS = ("linear", "log")
 
 # The default search space (the issue's), in the same form a YAML file uses.
@@ -65,6 +77,24 @@ TUNABLE = (
 DATA_KEYS = ("batch_size", "max_seq_length")  # change the dataset: chosen in fit
 # TrainConfig fields that the search itself owns (set per trial or from other sections).
 NOT_IN_TRAIN = ("cache_dir", "model_dir", "preset", "task", "epochs") + TUNABLE
+
+# The default search space of task speaker_clustering (ClusterConfig fields).
+CLUSTER_SPACE: dict = {
+    # lam 10 beat lam 1 on held-out PDNC novels (docs/RESULTS.md), hence the wide range
+    "lam": {"min": 0.5, "max": 20.0, "sampling": "log"},
+    "positives": ["hardest", "each"],
+    "sigma": {"min": 0.0, "max": 1.0},
+    "mu_p": {"min": 0.05, "max": 1.0, "sampling": "log"},
+    "mu_n": {"min": 0.25, "max": 2.0, "sampling": "log"},
+    "margin": {"min": 0.1, "max": 1.0},
+    "window": [0, 6, 12, 24],
+    "projection_hidden": ["1024", "1024,2048", ""],  # "" = no hidden layer
+    "embedding_dim": [64, 128, 256],
+    "learning_rate": {"min": 1e-5, "max": 2e-4, "sampling": "log"},
+}
+CLUSTER_OBJECTIVES = ("val_ari",)  # validation adjusted Rand index (maximised)
+# ClusterConfig fields the search owns: per-trial dir, the monitor, the top-level preset.
+CLUSTER_OWNED = ("model_dir", "monitor", "preset")
 
 
 @dataclasses.dataclass
@@ -118,8 +148,13 @@ def as_number(value: Any) -> Any:
     return value
 
 
-def parse_param(name: str, spec: Any, source: str = "space") -> Optional[ParamSpec]:
-    """A YAML value -> ParamSpec (None when the entry is switched off with null)."""
+def parse_param(name: str, spec: Any, source: str = "space",
+                int_fields: Optional[set] = None) -> Optional[ParamSpec]:
+    """A YAML value -> ParamSpec (None when the entry is switched off with null).
+
+    A range is an integer range when both ends are integers and ``name`` is one of
+    ``int_fields`` (default: the integer TrainConfig fields).
+    """
     where = f"{source}.{name}"
     if spec is None:
         return None
@@ -158,7 +193,8 @@ def parse_param(name: str, spec: Any, source: str = "space") -> Optional[ParamSp
         raise ConfigError(f"{where}.sampling={sampling!r}: expected one of {', '.join(SAMPLINGS)}")
     if sampling == "log" and lo <= 0:
         raise ConfigError(f"{where}: log sampling needs min > 0 (got {lo})")
-    integer = all(isinstance(v, int) for v in (lo, hi)) and name in _INT_FIELDS
+    ints = _INT_FIELDS if int_fields is None else int_fields
+    integer = all(isinstance(v, int) for v in (lo, hi)) and name in ints
     return ParamSpec(name, "int" if integer else "float", min=lo, max=hi,
                      sampling=sampling, step=spec.get("step"))
 
@@ -253,6 +289,7 @@ class SearchConfig:
     tuner: TunerConfig = dataclasses.field(default_factory=TunerConfig)
     space: dict = dataclasses.field(default_factory=lambda: parse_space(DEFAULT_SPACE))
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    cluster: Any = None  # speakers.ClusterConfig: the fixed settings (speaker_clustering)
     raw: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -282,7 +319,7 @@ class SearchConfig:
 
 
 SECTIONS = {"data": DataConfig, "tuner": TunerConfig, "train": TrainConfig}
-TOP_LEVEL = ("name", "search_dir", "preset", "task", "data", "tuner", "space", "train")
+TOP_LEVEL = ("name", "search_dir", "preset", "task", "data", "tuner", "space", "train", "cluster")
 
 
 def _set_path(raw: dict, dotted: str, value: Any) -> None:
@@ -335,6 +372,8 @@ def merge_overrides(raw: dict, overrides: list[str]) -> dict:
 def build_config(raw: dict, overrides: Optional[list] = None, source: str = "config") -> SearchConfig:
     """Raw YAML dict + overrides -> a validated :class:`SearchConfig`."""
     raw = copy.deepcopy(raw or {})
+    if task_of(raw, overrides) == SPEAKER_TASK:
+        return build_cluster_config(raw, overrides, source)
     space = copy.deepcopy(DEFAULT_SPACE)
     if not isinstance(raw.get("space") or {}, dict):
         raise ConfigError(f"{source}: space must be a mapping of key: spec")
@@ -353,6 +392,8 @@ def build_config(raw: dict, overrides: Optional[list] = None, source: str = "con
             setattr(cfg, key, str(raw[key]))
     if "search_dir" not in raw and "name" in raw:
         cfg.search_dir = f"runs/tune/{cfg.name}"
+    if raw.get("cluster") is not None:
+        raise ConfigError(f"{source}: cluster: is for task: {SPEAKER_TASK}")
     for section, cls in SECTIONS.items():
         data = raw.get(section) or {}
         if not isinstance(data, dict):
@@ -377,20 +418,14 @@ def build_config(raw: dict, overrides: Optional[list] = None, source: str = "con
 
 def validate(cfg: SearchConfig, source: str = "config") -> None:
     """Reject settings that cannot work, naming the key and the fix."""
-    t = cfg.tuner
-    if t.type not in TUNERS:
-        raise ConfigError(f"{source}: tuner.type={t.type!r}: expected one of {', '.join(TUNERS)}")
-    if t.max_epochs < 1 or (t.max_trials is not None and t.max_trials < 1):
-        raise ConfigError(f"{source}: tuner.max_epochs and tuner.max_trials must be >= 1")
-    if t.type == "hyperband" and t.factor < 2:
-        raise ConfigError(f"{source}: tuner.factor={t.factor}: Hyperband needs factor >= 2")
+    validate_tuner(cfg.tuner, source)
     if not cfg.data.input and not cfg.data.cache_dir:
         raise ConfigError(
             f"{source}: set data.input (a CSV/TSV/JSONL file) or data.cache_dir (an existing "
             "cache from build-tfrecords)"
         )
-    if cfg.task != "classification":
-        raise ConfigError(f"{source}: task={cfg.task!r}: tuning supports classification only")
+    if cfg.task not in TASKS:
+        raise ConfigError(f"{source}: task={cfg.task!r}: expected one of {', '.join(TASKS)}")
     seq = cfg.space.get("max_seq_length")
     if seq is not None:
         longest = seq.value if seq.kind == "fixed" else max(seq.values or [seq.max or 0])
@@ -399,6 +434,153 @@ def validate(cfg: SearchConfig, source: str = "config") -> None:
                 f"{source}: space.max_seq_length reaches {longest} but data.max_length is "
                 f"{cfg.data.max_length}; raise data.max_length or drop the longer lengths"
             )
+
+
+def validate_tuner(t: TunerConfig, source: str = "config") -> None:
+    if t.type not in TUNERS:
+        raise ConfigError(f"{source}: tuner.type={t.type!r}: expected one of {', '.join(TUNERS)}")
+    if t.max_epochs < 1 or (t.max_trials is not None and t.max_trials < 1):
+        raise ConfigError(f"{source}: tuner.max_epochs and tuner.max_trials must be >= 1")
+    if t.type == "hyperband" and t.factor < 2:
+        raise ConfigError(f"{source}: tuner.factor={t.factor}: Hyperband needs factor >= 2")
+
+
+# ------------------------------------------------------- task speaker_clustering
+
+
+def task_of(raw: dict, overrides: Optional[list] = None) -> str:
+    """The task a config names, ``--set task=...`` included (default classification)."""
+    task = raw.get("task")
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if sep and key.strip() == "task":
+            task = yaml.safe_load(text) if text else None
+    return str(task or "classification")
+
+
+def _section(raw: dict, name: str, source: str) -> dict:
+    data = raw.get(name) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {name} must be a mapping, got {data!r}")
+    return dict(data)
+
+
+def _typed(p: ParamSpec, kind: str) -> ParamSpec:
+    """Cast a space entry's values to its field's type (a Choice holds one type only)."""
+    cast = str if "str" in kind else float if "float" in kind else None
+    if cast is not None:
+        conv = lambda v: v if v is None or isinstance(v, bool) else cast(v)  # noqa: E731
+        if p.kind == "choice":
+            p.values = [conv(v) for v in p.values]
+        elif p.kind == "fixed":
+            p.value = conv(p.value)
+    return p
+
+
+def parse_cluster_space(raw: dict, cluster_cls) -> dict:
+    """The ``space`` of a speaker_clustering search -> {ClusterConfig field: ParamSpec}."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(cluster_cls)}
+    tunable = [n for n in kinds if n not in CLUSTER_OWNED + ("data", "work_dir")]
+    unknown = sorted(set(raw) - set(tunable))
+    if unknown:
+        raise ConfigError(f"space: unknown key(s) {', '.join(unknown)}; tunable keys "
+                          f"(ClusterConfig fields): {', '.join(tunable)}")
+    ints = {n for n, k in kinds.items() if "int" in k and "float" not in k}
+    space = {}
+    for name, spec in raw.items():
+        p = parse_param(name, spec, int_fields=ints)
+        if p is not None:
+            space[name] = _typed(p, kinds[name])
+    return space
+
+
+def _candidates(p: ParamSpec) -> list:
+    return p.values if p.kind == "choice" else [p.value] if p.kind == "fixed" else [p.min, p.max]
+
+
+def build_cluster_config(raw: dict, overrides: Optional[list] = None,
+                         source: str = "config") -> SearchConfig:
+    """A ``task: speaker_clustering`` config: ``cluster`` (fixed ClusterConfig fields),
+    ``space`` (merged over :data:`CLUSTER_SPACE`), ``tuner`` (objective ``val_ari``)."""
+    from kt_pipeline import speakers
+
+    raw = copy.deepcopy(raw or {})
+    space = copy.deepcopy(CLUSTER_SPACE)
+    if not isinstance(raw.get("space") or {}, dict):
+        raise ConfigError(f"{source}: space must be a mapping of key: spec")
+    space.update(raw.get("space") or {})
+    raw["space"] = space
+    raw = merge_overrides(raw, overrides or [])
+    unknown = sorted(set(raw) - set(TOP_LEVEL))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(TOP_LEVEL)}")
+    if raw.get("train"):
+        raise ConfigError(f"{source}: train: is for classification; task {SPEAKER_TASK} takes "
+                          "its fixed settings under cluster:")
+    data = _section(raw, "data", source)
+    if set(data) - {"input"}:
+        raise ConfigError(f"{source}: data.{sorted(set(data) - {'input'})[0]}: task "
+                          f"{SPEAKER_TASK} reads cluster.data (data.input, --input, sets it)")
+    fixed = _section(raw, "cluster", source)
+    owned = sorted(set(fixed) & set(CLUSTER_OWNED))
+    if owned:
+        raise ConfigError(f"{source}: cluster.{owned[0]} is set by the search (the encoder goes "
+                          "under preset; each trial gets its own model_dir; the monitor is ARI)")
+    cfg = SearchConfig(task=SPEAKER_TASK)
+    for key in ("name", "search_dir", "preset"):
+        if raw.get(key) is not None:
+            setattr(cfg, key, str(raw[key]))
+    if "search_dir" not in raw and "name" in raw:
+        cfg.search_dir = f"runs/tune/{cfg.name}"
+    if data.get("input"):
+        fixed["data"] = data["input"]
+    tuner = {"type": "bayesian", "objective": CLUSTER_OBJECTIVES[0],
+             **_section(raw, "tuner", source)}
+    for name, cls, values in (("cluster", speakers.ClusterConfig, fixed),
+                              ("tuner", TunerConfig, tuner)):
+        try:
+            setattr(cfg, name, from_dict(cls, values, source=f"{source}: {name}"))
+        except ConfigError as e:
+            msg = str(e)
+            msg = msg if msg.startswith(source) else f"{source}: {name}.{msg}"
+            raise ConfigError(msg) from None
+    cfg.cluster.preset, cfg.cluster.monitor = cfg.preset, "ari"
+    try:
+        cfg.space = parse_cluster_space(raw["space"], speakers.ClusterConfig)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    both = [k for k in cfg.space if k in fixed]
+    if both:
+        raise ConfigError(f"{source}: cluster.{both[0]} is also in the search space; fix it "
+                          f"there (space.{both[0]}: VALUE) or remove it (space.{both[0]}: null)")
+    validate_cluster(cfg, source)
+    cfg.raw = raw
+    return cfg
+
+
+def validate_cluster(cfg: SearchConfig, source: str = "config") -> None:
+    """The tuner, the objective, and every fixed/choice value and range end of the space."""
+    from kt_pipeline import speakers
+
+    validate_tuner(cfg.tuner, source)
+    if cfg.tuner.objective not in CLUSTER_OBJECTIVES:
+        raise ConfigError(f"{source}: tuner.objective={cfg.tuner.objective!r}: task {SPEAKER_TASK} "
+                          f"optimises {', '.join(CLUSTER_OBJECTIVES)} (validation ARI)")
+
+    def check(start, overrides, where):
+        try:
+            cluster = apply_overrides(start, overrides)
+            speakers.validate(cluster)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {where}: {e}") from None
+        return cluster
+
+    first = [f"{n}={_candidates(p)[0]}" for n, p in cfg.space.items()]
+    base = check(cfg.cluster, first, "cluster (with the first value of each space entry)")
+    for name, p in cfg.space.items():
+        for v in _candidates(p):
+            check(base, [f"{name}={v}"], f"space.{name}={v!r}")
 
 
 def load_config(path: Optional[str], overrides: Optional[list] = None) -> SearchConfig:

@@ -126,7 +126,8 @@ class ClusterConfig:
     sigma: float = 0.5  # 1 = in-batch terms only, 0 = anchor terms only
     mu_p: float = 0.2
     mu_n: float = 1.0
-    softness: float = 0.1  # T of the smooth batch-hard push terms
+    softness: float = 0.1  # T of the smooth push terms
+    positives: str = "hardest"  # push: hardest positive | each positive (losses.py)
     temperature: float = 0.1  # SupCon
     balance: str = "inverse"  # inverse | none
     memory_steps: Optional[int] = 20  # null = unlimited
@@ -173,6 +174,8 @@ def validate(cfg: ClusterConfig) -> None:
         (cfg.embedding_dim >= 1, f"embedding_dim={cfg.embedding_dim}: expected >= 1"),
         (cfg.temperature > 0, f"temperature={cfg.temperature}: expected > 0"),
         (cfg.softness > 0, f"softness={cfg.softness}: expected > 0"),
+        (cfg.positives in ("hardest", "each"),
+         f"positives={cfg.positives!r}: expected hardest or each"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -459,7 +462,7 @@ class Trainer:
                 kw = {} if cfg.loss == "supcon" else dict(
                     anchors=a, anchor_labels=al, anchor_groups=ag, margin=cfg.margin,
                     sigma=cfg.sigma, mu_p=cfg.mu_p, mu_n=cfg.mu_n,
-                    softness=cfg.softness)
+                    softness=cfg.softness, positives=cfg.positives)
                 parts = losses.total_loss(out["embedding"], out["narrative_logit"], labels, groups,
                                           narrative, kind=cfg.loss, lam=cfg.lam, weights=weights,
                                           temperature=cfg.temperature, **kw)

@@ -29,6 +29,12 @@ Re-running the same search continues it (keras-tuner reloads the oracle; finishe
 trials are never repeated, a trial that was running when the process died is run
 again); ``restart=True`` starts over.
 
+``task: speaker_clustering`` swaps the HyperModel for
+:class:`kt_pipeline.speaker_tuning.SpeakerHyperModel`: the same tuners, attempt
+records, resume and results, but each trial trains a speaker model with
+``speakers.build_and_fit`` into ``<search_dir>/kt/trial_<id>/model/`` and reports
+``val_ari``.
+
 Example:
 
 >>> from kt_pipeline import search_config, tuning
@@ -57,7 +63,7 @@ import yaml  # noqa: E402
 
 from kt_pipeline import frozen, models, optim, training  # noqa: E402
 from kt_pipeline.errors import ConfigError, KtError  # noqa: E402
-from kt_pipeline.search_config import DATA_KEYS, SearchConfig  # noqa: E402
+from kt_pipeline.search_config import DATA_KEYS, SPEAKER_TASK, SearchConfig  # noqa: E402
 
 PROJECT = "kt"
 ATTEMPTS = "attempts"
@@ -65,6 +71,25 @@ ROLES = ("chief", "worker")
 ENV_TUNER_ID = "KERASTUNER_TUNER_ID"
 ENV_ORACLE_IP = "KERASTUNER_ORACLE_IP"
 ENV_ORACLE_PORT = "KERASTUNER_ORACLE_PORT"
+
+
+def atomic_save_json(path: str, obj) -> str:
+    """keras-tuner's ``utils.save_json``, written to a temporary file and renamed into place.
+
+    keras-tuner truncates ``oracle.json`` / ``trial.json`` and then writes them, so a
+    search killed at that moment left an empty file and the re-run died on
+    ``JSONDecodeError`` instead of resuming. Installed over keras-tuner's own function
+    when this module is imported.
+    """
+    text = json.dumps(obj)
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+    return text
+
+
+keras_tuner.src.utils.save_json = atomic_save_json
 
 
 class SearchFailed(KtError):
@@ -77,6 +102,11 @@ def join(base: str, *parts: str) -> str:
 
 def project_dir(search_dir: str) -> str:
     return join(search_dir, PROJECT)
+
+
+def trial_dir(search_dir: str, trial_id: str) -> str:
+    """keras-tuner's directory of one trial (its attempt records; a speaker trial's model)."""
+    return join(project_dir(search_dir), f"trial_{trial_id}")
 
 
 # ------------------------------------------------------------------- HyperModel
@@ -240,6 +270,13 @@ class _SearchMixin:
 
     def _attempt_path(self, trial) -> str:
         return join(self.project_dir, f"trial_{trial.trial_id}", ATTEMPTS, self._attempt_name)
+
+    def run_trial(self, trial, *args, **kwargs):
+        # A HyperModel with its own run_trial (the speaker task) trains no Keras model here.
+        own = getattr(self.hypermodel, "run_trial", None)
+        if own is None:
+            return super().run_trial(trial, *args, **kwargs)
+        return own(trial, join(self.project_dir, f"trial_{trial.trial_id}"))
 
     def _write_attempt(self, trial, record: dict) -> None:
         models.write_text(self._attempt_path(trial), json.dumps(record, indent=1))
@@ -458,23 +495,31 @@ def run_search(cfg: SearchConfig, restart: bool = False, verbose: Optional[int] 
 
     if restart and is_worker():
         raise ConfigError("--restart is for the chief (or a single process), not a worker")
-    manifest = prepare_cache(cfg)
+    speaker = cfg.task == SPEAKER_TASK
+    manifest = None if speaker else prepare_cache(cfg)
     if restart:
         clear_results(cfg.search_dir)
     tf.io.gfile.makedirs(cfg.search_dir)
     if not is_worker():
         write_config(cfg)
-    features = None
-    if cfg.tuner.frozen_fast_path and _may_freeze(cfg):
-        features = frozen.FeatureStore(join(cfg.search_dir, "features"), cfg.cache_dir,
-                                       training.resolve_preset(cfg.base_train_config(), manifest),
-                                       manifest)
-    hypermodel = ClassifierHyperModel(cfg, manifest, features)
-    tuner = make_tuner(cfg, hypermodel, overwrite=restart)
     verbose = cfg.tuner.verbose if verbose is None else verbose
-    tensorboard = keras.callbacks.TensorBoard(log_dir=join(cfg.search_dir, "logs"),
-                                              profile_batch=0)
-    fit_kwargs = {"epochs": cfg.tuner.max_epochs, "callbacks": [tensorboard], "verbose": verbose}
+    features = None
+    if speaker:
+        from kt_pipeline import speaker_tuning
+
+        hypermodel = speaker_tuning.SpeakerHyperModel(cfg, verbose=verbose)
+        fit_kwargs = {"verbose": verbose}
+    else:
+        if cfg.tuner.frozen_fast_path and _may_freeze(cfg):
+            features = frozen.FeatureStore(
+                join(cfg.search_dir, "features"), cfg.cache_dir,
+                training.resolve_preset(cfg.base_train_config(), manifest), manifest)
+        hypermodel = ClassifierHyperModel(cfg, manifest, features)
+        tensorboard = keras.callbacks.TensorBoard(log_dir=join(cfg.search_dir, "logs"),
+                                                  profile_batch=0)
+        fit_kwargs = {"epochs": cfg.tuner.max_epochs, "callbacks": [tensorboard],
+                      "verbose": verbose}
+    tuner = make_tuner(cfg, hypermodel, overwrite=restart)
     started = time.time()
     failure = None
     try:
@@ -483,6 +528,10 @@ def run_search(cfg: SearchConfig, restart: bool = False, verbose: Optional[int] 
         if "consecutive failures" not in str(e):
             raise
         failure = e
+    except keras_tuner.errors.FatalError as e:
+        if isinstance(e.__cause__, KtError):  # bad data or settings: say so, no traceback
+            raise e.__cause__ from None
+        raise
     if is_worker():
         return {"role": "worker", "tuner_id": tuner.tuner_id, "seconds": time.time() - started}
     results = tuning_results.write_results(cfg, tuner.project_dir)
@@ -519,6 +568,9 @@ def export_best(cfg: SearchConfig, best: dict) -> dict:
 
     if not best:
         raise KtError("no completed trial to export; run the search (longer) first")
+    if cfg.task == SPEAKER_TASK:
+        raise ConfigError(f"--export-best is for classification; the best {SPEAKER_TASK} "
+                          f"trial's model is already in {best.get('model_dir')}")
     train_cfg = best_train_config(cfg, best)
     model_dir = train_cfg.model_dir
     marker = join(model_dir, "best_trial.json")

@@ -12,6 +12,12 @@ Written under ``<search_dir>``::
     results/best_so_far.png                    best objective after each finished trial
     best.yaml                                  the best trial and its TrainConfig
 
+For ``task: speaker_clustering`` the objective is ``val_ari``, the budget column is
+``steps`` (not epochs), the plots are against learning_rate, lam, sigma and window
+(those in the space),
+and ``best.yaml`` names the best trial's trained model dir and its ClusterConfig
+(:func:`kt_pipeline.speaker_tuning.best_doc`).
+
 Example:
 
 >>> from kt_pipeline import tuning_results
@@ -108,8 +114,10 @@ def load_rows(project_dir: str) -> list[dict]:
             "trial": state["trial_id"],
             "status": status,
             "objective": state.get("score"),
-            "best_step": state.get("best_step"),
+            # a speaker trial records its best training step itself (keras-tuner: 0)
+            "best_step": last.get("best_step", state.get("best_step")),
             "epochs": epochs,
+            "steps": last.get("steps"),
             "seconds": round(sum(a.get("seconds", 0) for a in finished), 1) if finished else None,
             "worker": ",".join(sorted({a["tuner_id"] for a in attempts if "tuner_id" in a})),
             "attempts": len(attempts),
@@ -152,21 +160,25 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def table(rows: list[dict], objective: str, order=()) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells shared by the CSV and Markdown tables."""
+def table(rows: list[dict], objective: str, order=(),
+          budget: str = "epochs") -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells shared by the CSV and Markdown tables.
+
+    ``budget`` is the column trained per trial: ``epochs`` or (speaker task) ``steps``.
+    """
     hps = hp_columns(rows, order)
-    header = ["trial", "status", objective, "epochs", "seconds", *hps, "continues", "worker",
+    header = ["trial", "status", objective, budget, "seconds", *hps, "continues", "worker",
               "reason"]
     body = []
     for r in rows:
-        body.append([r["trial"], r["status"], _fmt(r["objective"]), _fmt(r["epochs"]),
+        body.append([r["trial"], r["status"], _fmt(r["objective"]), _fmt(r.get(budget)),
                      _fmt(r["seconds"]), *[_fmt(r["hyperparameters"].get(k)) for k in hps],
                      r["continues"] or "", r["worker"], r["reason"]])
     return header, body
 
 
-def csv_table(rows: list[dict], objective: str, order=()) -> str:
-    header, body = table(rows, objective, order)
+def csv_table(rows: list[dict], objective: str, order=(), budget: str = "epochs") -> str:
+    header, body = table(rows, objective, order, budget)
     out = io.StringIO()
     w = csv.writer(out)
     w.writerow(header)
@@ -174,8 +186,8 @@ def csv_table(rows: list[dict], objective: str, order=()) -> str:
     return out.getvalue()
 
 
-def markdown_table(rows: list[dict], objective: str, order=()) -> str:
-    header, body = table(rows, objective, order)
+def markdown_table(rows: list[dict], objective: str, order=(), budget: str = "epochs") -> str:
+    header, body = table(rows, objective, order, budget)
 
     def cell(x):
         return str(x).replace("|", "\\|").replace("\n", " ")
@@ -195,9 +207,10 @@ def _savefig(fig, path: str) -> str:
     return path
 
 
-def plot_results(rows: list[dict], objective: str, out_dir: str,
-                 direction: str = "max") -> list[str]:
-    """Objective vs learning rate / max_seq_length / batch size, and best-so-far."""
+def plot_results(rows: list[dict], objective: str, out_dir: str, direction: str = "max",
+                 keys=PLOT_KEYS, log_keys=LOG_KEYS) -> list[str]:
+    """Objective vs each of ``keys`` (default learning rate / max_seq_length / batch
+    size; log x axis for ``log_keys``), and best-so-far."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,14 +218,14 @@ def plot_results(rows: list[dict], objective: str, out_dir: str,
 
     done = completed(rows)
     paths = []
-    for key in PLOT_KEYS:
+    for key in keys:
         pts = [(r["hyperparameters"][key], r["objective"]) for r in done
                if isinstance(r["hyperparameters"].get(key), (int, float))]
         fig, ax = plt.subplots(figsize=(5, 3.5))
         if pts:
             xs, ys = zip(*pts)
             ax.scatter(xs, ys, alpha=0.8)
-            if key in LOG_KEYS and min(xs) > 0:
+            if key in log_keys and min(xs) > 0:
                 ax.set_xscale("log")
             elif len(set(xs)) <= 8:
                 ax.set_xticks(sorted(set(xs)))
@@ -266,8 +279,12 @@ def format_summary(results: dict) -> str:
     best = results.get("best")
     if best:
         hps = ", ".join(f"{k}={_fmt(v)}" for k, v in best["hyperparameters"].items())
-        lines.append(f"best: trial {best['trial']} {obj}={best['objective']:.4f} after "
-                     f"{best['epochs']} epoch(s): {hps}")
+        when = (f"at step {best.get('best_step')} of {best.get('steps')}"
+                if results.get("budget") == "steps" else f"after {best['epochs']} epoch(s)")
+        lines.append(f"best: trial {best['trial']} {obj}={best['objective']:.4f} {when}: {hps}")
+        if best.get("model_dir"):
+            lines.append(f"best model: {best['model_dir']} (kt-pipeline cluster evaluate "
+                         f"--model-dir {best['model_dir']})")
     else:
         lines.append("best: no completed trial yet")
     if any(r["status"] in ("FAILED", "INVALID") for r in rows):
@@ -293,17 +310,30 @@ def write_results(cfg, project_dir: str) -> dict:
 
     objective = cfg.tuner.objective
     direction = monitor_mode(objective)
+    speaker = cfg.task == "speaker_clustering"
+    budget = "steps" if speaker else "epochs"
     rows = load_rows(project_dir)
     out = _join(cfg.search_dir, "results")
     order = list(cfg.space)
     table_csv, table_md = _join(out, "trials.csv"), _join(out, "trials.md")
-    _write(table_csv, csv_table(rows, objective, order))
+    _write(table_csv, csv_table(rows, objective, order, budget))
     _write(table_md, f"# Search {cfg.name}: trials\n\nobjective: {objective} ({direction})\n\n"
-           + markdown_table(rows, objective, order))
-    plots = plot_results(rows, objective, out, direction)
+           + markdown_table(rows, objective, order, budget))
+    if speaker:
+        from kt_pipeline import speaker_tuning
+
+        keys = [k for k in speaker_tuning.PLOT_KEYS if k in cfg.space]
+        log_keys = [k for k, p in cfg.space.items() if p.sampling == "log"]
+        plots = plot_results(rows, objective, out, direction, keys, log_keys)
+    else:
+        plots = plot_results(rows, objective, out, direction)
     best = best_row(rows, direction)
     best_yaml = _join(cfg.search_dir, "best.yaml")
-    if best:
+    if best and speaker:
+        doc = speaker_tuning.best_doc(cfg, best, direction)
+        best = {**best, "model_dir": doc["model_dir"]}
+        _write(best_yaml, yaml.safe_dump(doc, sort_keys=False))
+    elif best:
         best = {**best, "epochs": best_epochs(best, cfg.tuner.max_epochs)}
         train_cfg = best_train_config(cfg, best)
         doc = {
@@ -318,4 +348,4 @@ def write_results(cfg, project_dir: str) -> dict:
         _write(best_yaml, yaml.safe_dump(doc, sort_keys=False))
     return {"search_dir": cfg.search_dir, "objective": objective, "rows": rows,
             "best": best, "table_csv": table_csv, "table_md": table_md, "plots": plots,
-            "best_yaml": best_yaml if best else None}
+            "best_yaml": best_yaml if best else None, "budget": budget}

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random BERT preset, a demo cache for it, the shared data folder, quiet TF."""
+"""Shared fixtures: tiny random BERT preset, demo cache for it, shared data folder, quiet TF."""
 
 import os
 import pathlib

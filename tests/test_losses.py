@@ -25,7 +25,8 @@ def soft_hinge(x, t):
     return t * np.logaddexp(0.0, x / t)
 
 
-def np_anchor_loss(z, y, g, narr, w, margin, mu_p, mu_n, anchors=None, al=None, ag=None, t=0.1):
+def np_anchor_loss(z, y, g, narr, w, margin, mu_p, mu_n, anchors=None, al=None, ag=None, t=0.1,
+                   positives="hardest"):
     """Reference: the module docstring's formulas with explicit loops."""
     n = len(z)
     act = [not narr[i] for i in range(n)]
@@ -39,7 +40,14 @@ def np_anchor_loss(z, y, g, narr, w, margin, mu_p, mu_n, anchors=None, al=None, 
             continue
         dp = [np_dist(z[i], z[j]) for j in P]
         dn = [np_dist(z[i], z[k]) for k in N]
-        push = soft_hinge(margin + smax(dp, t) + smax([-x for x in dn], t), t) if N else 0.0
+        near_n = -smax([-x for x in dn], t) if N else 0.0
+        if not N:
+            push = 0.0
+        elif positives == "hardest":
+            push = soft_hinge(margin + smax(dp, t) - near_n, t)
+        else:  # each positive against the nearest negatives: T log(1 + sum_n exp(...))
+            push = np.mean([t * np.log1p(sum(np.exp((margin + p - x) / t) for x in dn))
+                            for p in dp])
         vals.append(mu_p * np.mean(dp) + mu_n * push)
         ws.append(w[i])
     in_batch = float(np.dot(vals, ws) / sum(ws)) if ws else 0.0
@@ -106,6 +114,38 @@ def test_in_batch_matches_reference(seed):
     ref, _ = np_anchor_loss(z, y, g, narr, w, 0.7, 0.3, 1.5)
     assert float(out["in_batch"]) == pytest.approx(ref, rel=1e-5, abs=1e-6)
     assert float(out["loss"]) == pytest.approx(ref, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_each_positive_push_matches_reference(seed):
+    z, y, g, narr, w = batch(seed)
+    for t in (0.1, 1.0):
+        out = losses.anchor_contrastive(z, y, g, narr, w, margin=0.7, mu_p=0.3, mu_n=1.5,
+                                        softness=t, positives="each")
+        ref, _ = np_anchor_loss(z, y, g, narr, w, 0.7, 0.3, 1.5, t=t, positives="each")
+        assert float(out["in_batch"]) == pytest.approx(ref, rel=1e-5, abs=1e-6)
+
+
+def test_each_positive_push_by_hand():
+    # i=0: positives at 1 and 2, one negative at 3; margin 1, T -> 0: relu(1+1-3) + relu(1+2-3) = 0
+    # margin 2.5: (0.5 + 1.5) / 2 = 1 per positive on average; "hardest" would give 1.5
+    z = np.array([[0, 0], [1, 0], [-2, 0], [0, 3]], "float32")
+    kw = dict(mu_p=0.0, softness=1e-3, sigma=1.0)
+    each = losses.anchor_contrastive(z[:, :], [0, 0, 0, 1], [0] * 4, margin=2.5,
+                                     positives="each", **kw)
+    hard = losses.anchor_contrastive(z[:, :], [0, 0, 0, 1], [0] * 4, margin=2.5,
+                                     positives="hardest", **kw)
+    # per example (i=0,1,2; i=3 has no positive):
+    # i=0: d_p {1, 2}, d_n 3 -> each (0.5+1.5)/2 = 1, hardest 1.5
+    # i=1: d_p {1, 3}, d_n sqrt(10) -> each mean(relu(3.5-3.162), relu(5.5-3.162)), hardest 5.5-3.162
+    # i=2: d_p {2, 3}, d_n sqrt(13) -> each mean(4.5-3.606, 5.5-3.606), hardest 5.5-3.606
+    r10, r13 = np.sqrt(10), np.sqrt(13)
+    e = [1.0, (3.5 - r10 + 5.5 - r10) / 2, (4.5 - r13 + 5.5 - r13) / 2]
+    h = [1.5, 5.5 - r10, 5.5 - r13]
+    assert float(each["in_batch"]) == pytest.approx(np.mean(e), abs=1e-3)
+    assert float(hard["in_batch"]) == pytest.approx(np.mean(h), abs=1e-3)
+    with pytest.raises(Exception, match="positives"):
+        losses.anchor_contrastive(z, [0, 0, 0, 1], [0] * 4, positives="all")
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -193,12 +233,14 @@ STABILITY = {
 
 
 @pytest.mark.parametrize("case", sorted(STABILITY))
-@pytest.mark.parametrize("kind", ["anchor", "supcon"])
+@pytest.mark.parametrize("kind", ["anchor", "anchor_each", "supcon"])
 def test_finite_loss_and_gradients(case, kind):
     z, y, g, narr = STABILITY[case]
     kw = {"temperature": 0.05} if kind == "supcon" else {
         "sigma": 0.5, "anchors": np.array([[0.0, 0.0], [5e30, 5e30]], "float32"),
-        "anchor_labels": [0, 1], "anchor_groups": [0, 0]}
+        "anchor_labels": [0, 1], "anchor_groups": [0, 0],
+        "positives": "each" if kind == "anchor_each" else "hardest"}
+    kind = "supcon" if kind == "supcon" else "anchor"
     out, grads = _grads(kind, z, y, g, narr, **kw)
     for k, v in out.items():
         assert np.isfinite(float(v)), (case, k)

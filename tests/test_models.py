@@ -90,6 +90,22 @@ def test_freeze_body_leaves_backbone_weights_unchanged(tiny_preset, encoded):
     assert any(not np.array_equal(a, b) for a, b in zip(before_head, head.get_weights()))
 
 
+def test_frozen_body_has_no_dropout_in_training(tiny_preset, encoded):
+    """Keras 3 passes training=True to a frozen backbone too; its dropout must be off."""
+    enc, ids = encoded
+    x = pad(ids, 16, enc.pad_id)
+    frozen = models.build_classifier(encoders.load_backbone(tiny_preset), 2, dropout=0.0,
+                                     freeze_body=True)
+    a, b = (keras.ops.convert_to_numpy(frozen(x, training=True)) for _ in range(2))
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(a, keras.ops.convert_to_numpy(frozen(x, training=False)),
+                               rtol=1e-5, atol=1e-6)
+    # the control: the same backbone unfrozen does drop (tiny BERT's dropout is 0.1)
+    live = models.build_classifier(encoders.load_backbone(tiny_preset), 2, dropout=0.0)
+    c, d = (keras.ops.convert_to_numpy(live(x, training=True)) for _ in range(2))
+    assert not np.allclose(c, d)
+
+
 def test_unfrozen_body_trains(tiny_preset, encoded):
     enc, ids = encoded
     backbone = encoders.load_backbone(tiny_preset)

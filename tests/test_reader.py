@@ -75,8 +75,9 @@ def test_bucket_shapes_come_from_the_boundary_set(built):
         widths = collections.Counter(int(f["token_ids"].shape[1]) for f, _ in ds)
         assert set(widths) <= set(reader.bucket_boundaries(L)), widths
         assert len(widths) >= 3
-    assert reader.bucket_boundaries(100) == [16, 32, 64, 100]
-    assert reader.bucket_boundaries(512) == [16, 32, 64, 128, 256, 512]
+    assert reader.bucket_boundaries(100) == [16, 24, 32, 40, 48, 64, 96, 100]
+    assert reader.bucket_boundaries(512) == list(reader.BUCKET_SIZES)
+    assert reader.bucket_boundaries(16) == [16]
 
 
 @pytest.mark.parametrize("padding", ["bucket", "dynamic", "fixed"])

@@ -261,3 +261,28 @@ def test_restart_starts_over(tiny_cache, tiny_preset, tmp_path):
     raw["tuner"]["max_trials"] = 1
     results = tuning.run_search(search_config.build_config(raw), restart=True)
     assert len(results["rows"]) == 1
+
+
+@pytest.mark.parametrize("root", ["local", "ram"])
+def test_keras_tuner_state_files_are_replaced_atomically(tmp_path, root, monkeypatch):
+    """A write that dies half-way leaves the previous oracle.json/trial.json intact."""
+    import keras_tuner
+    import tensorflow as tf
+
+    from kt_pipeline import tuning  # noqa: F401  (installs the atomic writer)
+
+    base = str(tmp_path) if root == "local" else f"ram://atomic-{os.getpid()}"
+    tf.io.gfile.makedirs(base)
+    path = f"{base}/oracle.json"
+    keras_tuner.src.utils.save_json(path, {"trial": 1})
+    keras_tuner.src.utils.save_json(path, {"trial": 2})  # replaces (ram:// would append)
+    assert keras_tuner.src.utils.load_json(path) == {"trial": 2}
+
+    def dies(self, data):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(tf.io.gfile.GFile, "write", dies)
+    with pytest.raises(KeyboardInterrupt):
+        keras_tuner.src.utils.save_json(path, {"trial": 3})
+    monkeypatch.undo()
+    assert keras_tuner.src.utils.load_json(path) == {"trial": 2}

@@ -2,7 +2,8 @@
 
 Settings are applied in this order: the defaults, ``--config file.yaml``, the flags
 below, then ``--set section.key=value`` (e.g. ``tuner.max_trials=4``,
-``space.learning_rate.max=1e-4``).
+``space.learning_rate.max=1e-4``). ``task: speaker_clustering`` (``tuning/pdnc.yaml``)
+tunes the speaker model instead, with validation ARI as the objective.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ EXAMPLES = """
       --set space.learning_rate.max=1e-4 --set space.batch_size=[16,32]
   kt-pipeline tune --config tuning/demo.yaml --export-best     # retrain best + SavedModel
   kt-pipeline tune --config tuning/demo.yaml --restart         # forget earlier trials
+  # speaker clustering (objective val_ari; fixed settings under cluster:)
+  kt-pipeline tune --config tuning/pdnc.yaml --max-trials 4 --set cluster.steps=100 \\
+      --set space.window=[0,12]
   # several machines (same --search-dir, e.g. gs://, and the same config):
   kt-pipeline tune --config tuning/sst2.yaml --role chief --oracle-address 10.0.0.2:8000
   kt-pipeline tune --config tuning/sst2.yaml --role worker --oracle-address 10.0.0.2:8000 \\
@@ -28,12 +32,14 @@ EXAMPLES = """
 FLAGS = {
     "--search-dir": ("search_dir", str, "where trials, logs and results go (local or gs://)"),
     "--preset": ("preset", str, "encoder: KerasHub preset name or checkpoint dir"),
-    "--input": ("data.input", str, "CSV/TSV/JSONL file to build the cache from"),
+    "--input": ("data.input", str, "CSV/TSV/JSONL file to build the cache from (speaker "
+                "task: the PDNC folder or examples CSV, cluster.data)"),
     "--cache": ("data.cache_dir", str, "cache dir (built from --input, or an existing one)"),
     "--tuner": ("tuner.type", str, "hyperband | bayesian | random"),
     "--max-trials": ("tuner.max_trials", int, "trials for random/bayesian"),
     "--max-epochs": ("tuner.max_epochs", int, "epochs per trial (Hyperband: the most)"),
-    "--objective": ("tuner.objective", str, "metric to optimise (default val_accuracy)"),
+    "--objective": ("tuner.objective", str,
+                    "metric to optimise (default val_accuracy; speaker task: val_ari)"),
 }
 
 
@@ -78,6 +84,11 @@ def run(args) -> int:
 
         raise ConfigError("--oracle-address/--tuner-id need --role chief or --role worker")
     cfg = resolve_config(args)
+    if args.export_best and cfg.task != "classification":
+        from kt_pipeline.errors import ConfigError
+
+        raise ConfigError(f"--export-best is for classification; a {cfg.task} search keeps "
+                          "every trial's trained model (best.yaml names the best one's model_dir)")
     results = tuning.run_search(cfg, restart=args.restart)
     if results.get("role") == "worker":
         print(f"worker {results['tuner_id']}: no trials left ({results['seconds']:.0f}s)")
