@@ -3,10 +3,10 @@
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-# oneDNN's CPU kernels intermittently ran the MiniLM train step on one of two cores
-# (windows of 30 steps took 20 s or 41 s at random, the same CPU seconds either way);
-# with them off every window took the fast time (BENCHMARKS.md, section 3). Only takes
-# effect if TensorFlow is imported after kt_pipeline; set it to 1 to have them back.
+# oneDNN off: with it on, 4-5 of 6 MiniLM training windows ran on one of two cores in one
+# A/B, against none with it off, and off was 5-10% faster in the good windows. The
+# one-core windows still show up with it off in other runs (BENCHMARKS.md, section 3).
+# Only takes effect if TensorFlow is imported after kt_pipeline; set 1 to turn it on.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 __version__ = "0.1.0"

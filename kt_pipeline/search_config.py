@@ -369,12 +369,12 @@ def merge_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def build_config(raw: dict, overrides: Optional[list] = None, source: str = "config") -> SearchConfig:
-    """Raw YAML dict + overrides -> a validated :class:`SearchConfig`."""
+def _merged(raw: Optional[dict], default_space: dict, overrides: Optional[list],
+            source: str) -> dict:
+    """A copy of ``raw`` with its ``space`` merged over ``default_space`` and the
+    ``--set`` overrides applied; unknown top-level keys are an error."""
     raw = copy.deepcopy(raw or {})
-    if task_of(raw, overrides) == SPEAKER_TASK:
-        return build_cluster_config(raw, overrides, source)
-    space = copy.deepcopy(DEFAULT_SPACE)
+    space = copy.deepcopy(default_space)
     if not isinstance(raw.get("space") or {}, dict):
         raise ConfigError(f"{source}: space must be a mapping of key: spec")
     space.update(raw.get("space") or {})
@@ -385,6 +385,14 @@ def build_config(raw: dict, overrides: Optional[list] = None, source: str = "con
         raise ConfigError(
             f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(TOP_LEVEL)}"
         )
+    return raw
+
+
+def build_config(raw: dict, overrides: Optional[list] = None, source: str = "config") -> SearchConfig:
+    """Raw YAML dict + overrides -> a validated :class:`SearchConfig`."""
+    if task_of(raw or {}, overrides) == SPEAKER_TASK:
+        return build_cluster_config(raw, overrides, source)
+    raw = _merged(raw, DEFAULT_SPACE, overrides, source)
     cfg = SearchConfig()
     cfg.space = parse_space(raw["space"])
     for key in ("name", "search_dir", "preset", "task"):
@@ -504,17 +512,7 @@ def build_cluster_config(raw: dict, overrides: Optional[list] = None,
     ``space`` (merged over :data:`CLUSTER_SPACE`), ``tuner`` (objective ``val_ari``)."""
     from kt_pipeline import speakers
 
-    raw = copy.deepcopy(raw or {})
-    space = copy.deepcopy(CLUSTER_SPACE)
-    if not isinstance(raw.get("space") or {}, dict):
-        raise ConfigError(f"{source}: space must be a mapping of key: spec")
-    space.update(raw.get("space") or {})
-    raw["space"] = space
-    raw = merge_overrides(raw, overrides or [])
-    unknown = sorted(set(raw) - set(TOP_LEVEL))
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(TOP_LEVEL)}")
+    raw = _merged(raw, CLUSTER_SPACE, overrides, source)
     if raw.get("train"):
         raise ConfigError(f"{source}: train: is for classification; task {SPEAKER_TASK} takes "
                           "its fixed settings under cluster:")

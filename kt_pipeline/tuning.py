@@ -559,6 +559,14 @@ def best_train_config(cfg: SearchConfig, best: dict) -> "training.TrainConfig":
     return train_cfg
 
 
+def check_exportable(cfg: SearchConfig) -> None:
+    """``--export-best`` retrains a classifier; a speaker search already keeps every
+    trial's trained model. Checked before the search starts and again by export_best."""
+    if cfg.task == SPEAKER_TASK:
+        raise ConfigError(f"--export-best is for classification; a {SPEAKER_TASK} search keeps "
+                          "every trial's trained model (best.yaml names the best one's model_dir)")
+
+
 def export_best(cfg: SearchConfig, best: dict) -> dict:
     """Retrain the best configuration with ``training.train`` and export a SavedModel.
 
@@ -566,11 +574,9 @@ def export_best(cfg: SearchConfig, best: dict) -> dict:
     """
     from kt_pipeline import export
 
+    check_exportable(cfg)
     if not best:
         raise KtError("no completed trial to export; run the search (longer) first")
-    if cfg.task == SPEAKER_TASK:
-        raise ConfigError(f"--export-best is for classification; the best {SPEAKER_TASK} "
-                          f"trial's model is already in {best.get('model_dir')}")
     train_cfg = best_train_config(cfg, best)
     model_dir = train_cfg.model_dir
     marker = join(model_dir, "best_trial.json")

@@ -36,6 +36,8 @@ from typing import Optional
 
 import yaml
 
+from kt_pipeline.search_config import SPEAKER_TASK
+
 PLOT_KEYS = ("learning_rate", "max_seq_length", "batch_size")
 LOG_KEYS = ("learning_rate",)
 
@@ -310,7 +312,7 @@ def write_results(cfg, project_dir: str) -> dict:
 
     objective = cfg.tuner.objective
     direction = monitor_mode(objective)
-    speaker = cfg.task == "speaker_clustering"
+    speaker = cfg.task == SPEAKER_TASK
     budget = "steps" if speaker else "epochs"
     rows = load_rows(project_dir)
     out = _join(cfg.search_dir, "results")

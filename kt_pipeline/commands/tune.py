@@ -84,11 +84,8 @@ def run(args) -> int:
 
         raise ConfigError("--oracle-address/--tuner-id need --role chief or --role worker")
     cfg = resolve_config(args)
-    if args.export_best and cfg.task != "classification":
-        from kt_pipeline.errors import ConfigError
-
-        raise ConfigError(f"--export-best is for classification; a {cfg.task} search keeps "
-                          "every trial's trained model (best.yaml names the best one's model_dir)")
+    if args.export_best:
+        tuning.check_exportable(cfg)
     results = tuning.run_search(cfg, restart=args.restart)
     if results.get("role") == "worker":
         print(f"worker {results['tuner_id']}: no trials left ({results['seconds']:.0f}s)")
