@@ -3,9 +3,9 @@
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-# oneDNN off: with it on, 4-5 of 6 MiniLM training windows ran on one of two cores in one
-# A/B, against none with it off, and off was 5-10% faster in the good windows. The
-# one-core windows still show up with it off in other runs (BENCHMARKS.md, section 3).
+# oneDNN off: in an A/B on 2 CPU cores (MiniLM training, BENCHMARKS.md section 3) off was
+# 5-10% faster. The "one-core windows" once blamed on oneDNN were tf.data autotuner stalls
+# at the end of `fit` calls, fixed in reader.py.
 # Only takes effect if TensorFlow is imported after kt_pipeline; set 1 to turn it on.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 

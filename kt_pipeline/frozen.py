@@ -208,6 +208,7 @@ def head_datasets(store: FeatureStore, max_seq_length: int, pooling: str, batch_
     Mirrors ``training.make_datasets``: ``max_train_examples`` keeps the first N train
     examples; an epoch is ``ceil(N / batch_size)`` steps.
     """
+    from kt_pipeline import reader
     from kt_pipeline.errors import KtError
 
     x, y = store.get("train", max_seq_length, pooling)
@@ -217,9 +218,11 @@ def head_datasets(store: FeatureStore, max_seq_length: int, pooling: str, batch_
         raise KtError(f"{store.cache_dir}: the cache has no train examples")
     train = (tf.data.Dataset.from_tensor_slices((x, y))
              .shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-             .repeat().batch(batch_size).prefetch(tf.data.AUTOTUNE))
+             .repeat().batch(batch_size).prefetch(reader.PREFETCH_BATCHES)
+             .with_options(reader.data_options()))
     val, n_val = None, int(store.manifest["counts"]["written"].get("validation", 0))
     if n_val:
         vx, vy = store.get("validation", max_seq_length, pooling)
-        val = tf.data.Dataset.from_tensor_slices((vx, vy)).batch(batch_size)
+        val = (tf.data.Dataset.from_tensor_slices((vx, vy)).batch(batch_size)
+               .with_options(reader.data_options()))
     return HeadData(train, val, math.ceil(len(y) / batch_size), len(y), n_val, int(x.shape[1]))

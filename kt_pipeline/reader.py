@@ -41,6 +41,28 @@ PADDINGS = ("bucket", "dynamic", "fixed")
 # section 3), and still few shapes for XLA/TPU.
 BUCKET_SIZES = (16, 24, 32, 40, 48, 64, 96, 128, 192, 256, 384, 512)
 SHUFFLE_BUFFER = 10_000
+# tf.data's autotuner is off and parallelism is fixed instead. With it on, dropping an
+# iterator (the end of every `fit`/`evaluate` call and of every epoch) could block until
+# the autotuner's next wake-up; its period doubles, so the wait grows with the iterator's
+# age (stalled calls ended 20.5, 41.0 or 82.0 s after the iterator started). 2 of 12
+# 15-step `fit` calls took 20.6 s instead of ~10.3 s with it on, 0 of 12 with it off
+# (BENCHMARKS.md section 3). The reader still runs >100x faster than training consumes.
+PREFETCH_BATCHES = 2
+
+
+def _parallelism() -> int:
+    import os
+
+    return max(2, min(16, os.cpu_count() or 2))
+
+
+def data_options():
+    """`tf.data.Options` for every pipeline we build: the autotuner off (see above)."""
+    import tensorflow as tf
+
+    opts = tf.data.Options()
+    opts.autotune.enabled = False
+    return opts
 
 
 class CacheError(DataError):
@@ -188,7 +210,7 @@ def make_dataset(
     ds = ds.interleave(
         tf.data.TFRecordDataset,
         cycle_length=max(1, min(len(files), 8)),
-        num_parallel_calls=tf.data.AUTOTUNE,
+        num_parallel_calls=max(1, min(len(files), 8, _parallelism())),
         deterministic=True,
     )
     if take is not None:
@@ -207,7 +229,7 @@ def make_dataset(
             feats[n] = ex[n]
         return feats, tf.cast(ex["label"], tf.int32)
 
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(parse, num_parallel_calls=_parallelism(), deterministic=True)
     shapes = ({"token_ids": [L if padding == "fixed" else None], "length": [],
                **{n: [] for n in names}}, [])
     values = ({"token_ids": tf.constant(pad_id, tf.int32), "length": tf.constant(0, tf.int32),
@@ -234,6 +256,6 @@ def make_dataset(
         mask = tf.sequence_mask(f.pop("length"), width)
         return {"token_ids": ids, "padding_mask": mask, **f}, y
 
-    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(finish, num_parallel_calls=_parallelism(), deterministic=True)
+    return ds.prefetch(PREFETCH_BATCHES).with_options(data_options())
 

@@ -35,6 +35,10 @@ def test_features_are_computed_once_and_reloaded(tiny_cache, tiny_preset):  # no
     # another length or pooling is another entry
     xm, _ = again.get("train", 16, "mean")
     assert again.computed == ["train-L16-mean"] and not np.allclose(xm, x)
+    # the head's datasets, like the reader's, run without tf.data's autotuner
+    data = frozen.head_datasets(again, 16, "cls", batch_size=4)
+    assert data.train.options().autotune.enabled is False
+    assert data.validation is None or data.validation.options().autotune.enabled is False
 
 
 def _fit(cache_dir, preset, root, fast: bool):

@@ -81,6 +81,21 @@ def test_bucket_shapes_come_from_the_boundary_set(built):
 
 
 @pytest.mark.parametrize("padding", ["bucket", "dynamic", "fixed"])
+def test_autotuner_is_off_so_dropping_an_iterator_does_not_stall(built, padding):
+    # With tf.data's autotuner on, the end of each fit/evaluate call waited up to ~10 s
+    # for the autotuner thread (BENCHMARKS.md section 3). The reader turns it off and
+    # sets its parallelism itself; a later `with_options` must not turn it back on.
+    cache_dir = built[0]
+    ds = reader.make_dataset(cache_dir, "train", batch_size=7, max_seq_length=32,
+                             padding=padding, shuffle=True, repeat=True)
+    assert ds.options().autotune.enabled is False
+    opts = tf.data.Options()
+    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    assert ds.with_options(opts).options().autotune.enabled is False
+    assert len(list(ds.take(3))) == 3
+
+
+@pytest.mark.parametrize("padding", ["bucket", "dynamic", "fixed"])
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_every_example_served_once_per_epoch(built, padding, shuffle):
     cache_dir, texts, _, m = built
