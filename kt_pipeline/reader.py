@@ -57,7 +57,11 @@ def _parallelism() -> int:
 
 
 def data_options():
-    """`tf.data.Options` for every pipeline we build: the autotuner off (see above)."""
+    """`tf.data.Options` for the training and evaluation pipelines: the autotuner off.
+
+    See the note above ``PREFETCH_BATCHES``. The cache build keeps the autotuner: it
+    drops one iterator, once, at the end of the build.
+    """
     import tensorflow as tf
 
     opts = tf.data.Options()
@@ -207,10 +211,11 @@ def make_dataset(
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(files, dtype=tf.string))
     if shuffle and len(files) > 1:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    cycle = max(1, min(len(files), 8))
     ds = ds.interleave(
         tf.data.TFRecordDataset,
-        cycle_length=max(1, min(len(files), 8)),
-        num_parallel_calls=max(1, min(len(files), 8, _parallelism())),
+        cycle_length=cycle,
+        num_parallel_calls=min(cycle, _parallelism()),
         deterministic=True,
     )
     if take is not None:
