@@ -17,8 +17,10 @@ Throughput = examples/s over `--steps` timed steps after `--warmup` steps (media
 `--repeats` windows). TTA = training wall time (evaluation excluded) until accuracy on
 1,000 held-out rows first reaches 0.85, evaluated every `--eval-every` steps.
 
-Ours runs with TrainConfig's defaults (pooling, jit_compile); `--pooling`, `--jit-compile`
-and `--bucket-sizes` (a what-if for `reader.BUCKET_SIZES`) try others. The result line
+Ours runs with TrainConfig's defaults (pooling, jit_compile) under the strategy `kt-pipeline
+train` picks; `--pooling`, `--jit-compile`, `--static-buckets` (pad to the few
+`reader.BUCKET_SIZES`, as under XLA), `--bucket-sizes` (a what-if for those sizes) and
+`--one-device` (the old `OneDeviceStrategy("/cpu:0")`) try others. The result line
 records them. On a shared machine, run ours and the peer back to back, alternate and
 repeat, and report medians; `windows_s` also shows the least-disturbed window.
 """
@@ -45,7 +47,7 @@ def _write_tsv(rows, path):
 
 # ---------------------------------------------------------------- ours (Keras / TF)
 def ours_setup(d, lr, total_steps, warmup, a):
-    from kt_pipeline import cache, encoders, models, optim, training
+    from kt_pipeline import cache, encoders, models, optim, strategy, training
 
     tok = encoders.load_tokenizer(None)
     caches = {}
@@ -58,27 +60,37 @@ def ours_setup(d, lr, total_steps, warmup, a):
     import keras
 
     keras.utils.set_random_seed(0)  # the peer seeds torch the same way
-    model = models.build_classifier(encoders.load_backbone(None), 2, a.pooling, dropout=0.1)
-    opt = optim.build_optimizer(lr, warmup, total_steps)
-    training.compile_classifier(model, opt, a.jit_compile)
+    # Built under the strategy `kt-pipeline train` picks (CPU here), as the product does:
+    # Keras then builds the optimizer before tracing the train step, not inside it.
+    chosen = strategy.make_strategy("auto", verbose=False).strategy
+    if a.one_device:
+        import tensorflow as tf
+
+        chosen = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with chosen.scope():
+        model = models.build_classifier(encoders.load_backbone(None), 2, a.pooling, dropout=0.1)
+        opt = optim.build_optimizer(lr, warmup, total_steps)
+        training.compile_classifier(model, opt, a.jit_compile)
     return model, caches
 
 
-def ours_data(cache_dir, padding, repeat=True, shuffle=True, bucket_sizes=None):
+def ours_data(cache_dir, padding, a, repeat=True, shuffle=True):
     from kt_pipeline import reader
 
-    if bucket_sizes:  # a what-if for the reader's bucket boundaries (see --bucket-sizes)
-        reader.BUCKET_SIZES = tuple(bucket_sizes)
-
+    if a.bucket_sizes:  # a what-if for the reader's static bucket boundaries
+        reader.BUCKET_SIZES = tuple(a.bucket_sizes)
+    # As `kt-pipeline train` does: static buckets only under XLA (or when asked for).
+    static = bool(a.jit_compile or a.bucket_sizes or a.static_buckets)
     return reader.make_dataset(cache_dir, "train", batch_size=BATCH, max_seq_length=SEQ,
                                padding=padding, shuffle=shuffle, seed=0, repeat=repeat,
-                               drop_remainder=padding == "fixed" and repeat)
+                               drop_remainder=padding == "fixed" and repeat,
+                               static_buckets=static)
 
 
 def ours_throughput(a):
     with tempfile.TemporaryDirectory() as d:
         model, caches = ours_setup(d, 5e-5, 10_000, 100, a)
-        ds = ours_data(caches["train"], a.padding, bucket_sizes=a.bucket_sizes)
+        ds = ours_data(caches["train"], a.padding, a)
         model.fit(ds, steps_per_epoch=a.warmup, epochs=1, verbose=0)
         times = []
         for _ in range(a.repeats):
@@ -113,8 +125,8 @@ def ours_tta(a):
     total = a.max_steps
     with tempfile.TemporaryDirectory() as d:
         model, caches = ours_setup(d, 1e-4, total, total // 10, a)
-        ds = ours_data(caches["train"], "bucket", bucket_sizes=a.bucket_sizes)
-        val = ours_data(caches["val"], "bucket", repeat=False, shuffle=False)
+        ds = ours_data(caches["train"], "bucket", a)
+        val = ours_data(caches["val"], "bucket", a, repeat=False, shuffle=False)
         cb = Stop(val)
         model.fit(ds, steps_per_epoch=total, epochs=1, verbose=0, callbacks=[cb])
     return cb.hit, cb.curve
@@ -232,8 +244,10 @@ def _settings(a) -> dict:
     from kt_pipeline import reader
 
     return {"pooling": a.pooling, "jit_compile": bool(a.jit_compile),
-            "bucket_sizes": list(a.bucket_sizes or reader.BUCKET_SIZES),
-            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
+            "bucket_sizes": (list(a.bucket_sizes or reader.BUCKET_SIZES)
+                             if a.jit_compile or a.bucket_sizes or a.static_buckets else "narrow"),
+            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+            "strategy": "OneDeviceStrategy" if a.one_device else "kt-pipeline's"}
 
 
 def main():
@@ -255,8 +269,12 @@ def main():
     p.add_argument("--jit-compile", type=int, choices=[0, 1], default=int(defaults.jit_compile),
                    help="ours: XLA-compile the train step (default: TrainConfig's)")
     p.add_argument("--bucket-sizes", type=lambda v: [int(x) for x in v.split(",")],
-                   default=None, help="ours: what-if bucket boundaries instead of "
+                   default=None, help="ours: what-if static bucket boundaries instead of "
                    "reader.BUCKET_SIZES, e.g. 8,16,24,32,40,48,56,64,96,128")
+    p.add_argument("--one-device", action="store_true",
+                   help="ours: build under OneDeviceStrategy('/cpu:0') (the old CPU strategy)")
+    p.add_argument("--static-buckets", action="store_true",
+                   help="ours: pad to reader.BUCKET_SIZES (the XLA setting) without XLA")
     a = p.parse_args()
     require_sst2()
     if a.mode == "throughput":

@@ -9,9 +9,13 @@ Padding modes:
 - ``"fixed"``: every batch is ``[batch_size, max_seq_length]`` with static shapes;
   ``drop_remainder`` defaults to True (what TPUs need).
 - ``"dynamic"``: each batch is padded to its longest example.
-- ``"bucket"`` (default): examples are grouped by length and padded to one of a few
-  boundaries (16, 24, 32, 40, 48, 64, 96, 128, ... 512, capped at ``max_seq_length``),
-  so the model sees a small fixed set of shapes; shuffling happens before bucketing.
+- ``"bucket"`` (default): examples are grouped by length; shuffling happens before
+  bucketing. By default the buckets are narrow (one per length up to 32 tokens, then
+  about 1/16 of the length wide) and each batch is padded to its longest example, so
+  almost nothing is padded; batch widths vary, which costs a TF graph without XLA
+  nothing (Keras traces one shape-relaxed step). With ``static_buckets=True`` (what
+  ``jit_compile``/XLA wants: one compile per shape) batches are padded to one of a few
+  boundaries (16, 24, 32, 40, 48, 64, 96, 128, ... 512, capped at ``max_seq_length``).
 
 Example:
 
@@ -36,9 +40,11 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "validation", "test")
 PADDINGS = ("bucket", "dynamic", "fixed")
-# Steps of 8 up to 48 tokens, where most short-text rows fall (SST-2 averages 13): less
-# padding than 16/32/64 (1.10-1.15x the examples/s training MiniLM on SST-2; BENCHMARKS.md
-# section 3), and still few shapes for XLA/TPU.
+# Static buckets (XLA): steps of 8 up to 48 tokens, where most short-text rows fall
+# (SST-2 averages 13): less padding than 16/32/64 (1.10-1.15x the examples/s training
+# MiniLM on SST-2; BENCHMARKS.md section 3), and still few shapes to compile. Narrow
+# buckets pad SST-2 to 13.3 tokens per row on average, these to 19.9 (the peer's
+# group_by_length: 13.8); 1.3-1.4x the examples/s without XLA.
 BUCKET_SIZES = (16, 24, 32, 40, 48, 64, 96, 128, 192, 256, 384, 512)
 SHUFFLE_BUFFER = 10_000
 # tf.data's autotuner is off and parallelism is fixed instead. With it on, dropping an
@@ -130,9 +136,26 @@ def _check_split(split: str) -> None:
         raise CacheError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
 
 
-def bucket_boundaries(max_seq_length: int) -> list:
-    """Padded lengths used by ``padding="bucket"``: the sizes below the cap, then the cap."""
-    return [b for b in BUCKET_SIZES if b < max_seq_length] + [max_seq_length]
+def bucket_boundaries(max_seq_length: int, static: bool = True) -> list:
+    """Upper bounds of the ``padding="bucket"`` buckets, ending with the cap.
+
+    ``static``: ``BUCKET_SIZES`` below the cap, and batches are padded to their bound.
+    Otherwise every length up to 32, then steps of ``length // 16`` (2 from 32, 4 from
+    64, 8 from 128 ...); batches are padded to their longest example.
+
+    >>> bucket_boundaries(100)
+    [16, 24, 32, 40, 48, 64, 96, 100]
+    >>> bucket_boundaries(80, static=False)[28:]
+    [30, 31, 32, 34, 36, 38, 40, 42, 44, 46, 48, 51, 54, 57, 60, 63, 66, 70, 74, 78, 80]
+    """
+    L = int(max_seq_length)
+    if static:
+        return [b for b in BUCKET_SIZES if b < L] + [L]
+    out, b = [], 2
+    while b < L:
+        out.append(b)
+        b += max(1, b // 16)
+    return out + [L]
 
 
 def _feature_spec(extra_names):
@@ -176,6 +199,7 @@ def make_dataset(
     drop_remainder=None,
     take=None,
     extras=(),
+    static_buckets: bool = False,
 ):
     """Batches of ``(features, labels)`` from one split of a cache.
 
@@ -183,6 +207,8 @@ def make_dataset(
     string ``[B]`` entry per name in ``extras`` (``"group"``, or an extra column as
     ``"x_<col>"`` / ``"<col>"``); ``labels`` is int32 ``[B]`` (-1 without labels).
     ``take`` keeps the first N examples (before shuffling), for quick runs.
+    ``static_buckets`` pads ``"bucket"`` batches to the few fixed boundaries (for XLA)
+    instead of to their longest example.
     """
     import tensorflow as tf
 
@@ -240,15 +266,15 @@ def make_dataset(
     values = ({"token_ids": tf.constant(pad_id, tf.int32), "length": tf.constant(0, tf.int32),
                **{n: tf.constant(b"") for n in names}}, tf.constant(0, tf.int32))
     if padding == "bucket":
-        bounds = bucket_boundaries(L)
-        # Bucket i holds lengths < bounds[i] + 1 and is padded to bounds[i].
+        bounds = bucket_boundaries(L, static_buckets)
+        # Bucket i holds lengths in (bounds[i-1], bounds[i]]; static: padded to bounds[i].
         ds = ds.bucket_by_sequence_length(
             lambda f, y: f["length"],
             bucket_boundaries=[b + 1 for b in bounds],
             bucket_batch_sizes=[B] * (len(bounds) + 1),
             padded_shapes=shapes,
             padding_values=values,
-            pad_to_bucket_boundary=True,
+            pad_to_bucket_boundary=bool(static_buckets),
             drop_remainder=drop_remainder,
         )
     else:

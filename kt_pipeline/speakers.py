@@ -447,6 +447,9 @@ class Trainer:
             warmup = optim.resolve_warmup(cfg.steps, 0, cfg.warmup_fraction)
             self.optimizer = optim.build_optimizer(cfg.learning_rate, warmup, cfg.steps,
                                                    weight_decay=cfg.weight_decay, clipnorm=cfg.clipnorm)
+            # Built now, not inside the first traced step (which tf.function would then
+            # trace twice); see training.compile_classifier.
+            self.optimizer.build(self.model.trainable_variables)
         self._step_fn = tf.function(self._replica_step, reduce_retracing=True)
 
     def _replica_step(self, tok, mask, labels, groups, narrative, weights, a, al, ag):

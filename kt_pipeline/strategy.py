@@ -2,7 +2,9 @@
 
 ``auto`` looks for a TPU (Colab / TPU VM: ``TPUClusterResolver`` succeeds), then
 several GPUs (``MirroredStrategy``), one GPU (``OneDeviceStrategy("/gpu:0")``), and
-falls back to the CPU; it prints what it chose. On a TPU every data and output path
+falls back to the CPU, where it uses TensorFlow's default strategy: under
+``OneDeviceStrategy("/cpu:0")`` every training step took 1.6x as long (MiniLM on
+SST-2, BENCHMARKS.md section 3). It prints what it chose. On a TPU every data and output path
 must be ``gs://`` (TPU workers cannot read the VM's local disk); call
 :func:`check_tpu_paths` *before* building anything so a run fails in a second with a
 clear message instead of ``File system scheme '[local]' not implemented`` deep inside.
@@ -173,7 +175,10 @@ def make_strategy(name: str = "auto", tpu_paths: Optional[dict] = None, verbose:
     if chosen is None and name == "auto" and gpus:
         chosen = Chosen(tf.distribute.OneDeviceStrategy("/gpu:0"), "gpu", "one GPU (/gpu:0)")
     if chosen is None:
-        chosen = Chosen(tf.distribute.OneDeviceStrategy("/cpu:0"), "cpu", "CPU")
+        # The default strategy, not OneDeviceStrategy("/cpu:0"): same placement, but
+        # steps ran 1.6x faster (BENCHMARKS.md section 3). Keras then defers building
+        # the optimizer to the first trace; `training.compile_classifier` builds it.
+        chosen = Chosen(tf.distribute.get_strategy(), "cpu", "CPU")
     if verbose:
         print(f"strategy: {chosen.description} (--strategy {name})", file=sys.stderr)
     return chosen

@@ -131,7 +131,8 @@ def make_datasets(cfg: TrainConfig, manifest: dict, static_shapes: bool = False,
             f"batch_size={cfg.batch_size} is larger than the {n_train} train examples; "
             "lower batch_size"
         )
-    common = dict(batch_size=cfg.batch_size, padding=padding,
+    # XLA compiles once per shape: give it the few static bucket widths.
+    common = dict(batch_size=cfg.batch_size, padding=padding, static_buckets=bool(cfg.jit_compile),
                   max_seq_length=effective_max_seq_length(cfg, manifest))
     train = reader.make_dataset(
         cfg.cache_dir, "train", shuffle=True, seed=cfg.seed, repeat=True,
@@ -156,13 +157,21 @@ def make_datasets(cfg: TrainConfig, manifest: dict, static_shapes: bool = False,
 
 
 def compile_classifier(model: keras.Model, optimizer, jit_compile: bool = False) -> keras.Model:
-    """Compile with sparse categorical cross-entropy on logits and ``accuracy``."""
+    """Compile with sparse categorical cross-entropy on logits and ``accuracy``.
+
+    The optimizer's variables are built here. Under TensorFlow's default strategy
+    (what the CPU uses) Keras would otherwise create them inside the first traced
+    train step, and ``tf.function`` then traces the whole step a second time: 12 s
+    more before MiniLM's first step (BENCHMARKS.md section 4).
+    """
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=bool(jit_compile),
     )
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
     return model
 
 

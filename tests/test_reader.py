@@ -67,17 +67,45 @@ def test_fixed_padding_has_static_shapes(built):
     assert n == (reader.num_examples(cache_dir, "train") // 16) * 16  # drop_remainder
 
 
+def test_narrow_buckets_pad_each_batch_to_its_longest_example(built):
+    cache_dir, _, _, _ = built
+    L = 100
+    bounds = [0] + reader.bucket_boundaries(L, static=False)
+    narrow = reader.make_dataset(cache_dir, "train", batch_size=8, max_seq_length=L,
+                                 shuffle=True, seed=1)
+    pads = {}
+    for name, ds in (("narrow", narrow), ("static", reader.make_dataset(
+            cache_dir, "train", batch_size=8, max_seq_length=L, shuffle=True, seed=1,
+            static_buckets=True))):
+        padded = real = 0
+        for f, _ in ds:
+            lengths = f["padding_mask"].numpy().sum(axis=1)
+            width = int(f["token_ids"].shape[1])
+            padded, real = padded + lengths.size * width, real + int(lengths.sum())
+            if name == "narrow":
+                assert width == lengths.max()
+                # every length of the batch falls in one bucket
+                i = next(i for i in range(1, len(bounds)) if bounds[i - 1] < lengths.max() <= bounds[i])
+                assert lengths.min() > bounds[i - 1], (lengths, bounds[i - 1:i + 1])
+        pads[name] = padded / real
+    assert pads["narrow"] < pads["static"], pads
+
+
 def test_bucket_shapes_come_from_the_boundary_set(built):
     cache_dir, _, _, _ = built
     for L in (100, 512):
         ds = reader.make_dataset(cache_dir, "train", batch_size=8, max_seq_length=L,
-                                 shuffle=True, seed=1)
+                                 shuffle=True, seed=1, static_buckets=True)
         widths = collections.Counter(int(f["token_ids"].shape[1]) for f, _ in ds)
         assert set(widths) <= set(reader.bucket_boundaries(L)), widths
         assert len(widths) >= 3
     assert reader.bucket_boundaries(100) == [16, 24, 32, 40, 48, 64, 96, 100]
     assert reader.bucket_boundaries(512) == list(reader.BUCKET_SIZES)
     assert reader.bucket_boundaries(16) == [16]
+    narrow = reader.bucket_boundaries(300, static=False)
+    assert narrow[:31] == list(range(2, 33)) and narrow[-1] == 300
+    steps = [b - a for a, b in zip(narrow, narrow[1:-1])]
+    assert all(s == max(1, a // 16) for a, s in zip(narrow, steps)), steps
 
 
 @pytest.mark.parametrize("padding", ["bucket", "dynamic", "fixed"])
