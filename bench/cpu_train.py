@@ -8,7 +8,8 @@
     python bench/cpu_train.py tta --system peer
 
 Same checkpoint directory on both sides (the packaged all-MiniLM-L6-v2), SST-2 rows,
-max_seq_length 128, batch 32, AdamW lr 5e-5 (tta: 1e-4, 10% warm-up), fp32 on CPU.
+max_seq_length 128, batch 32, AdamW lr 5e-5 (tta: 1e-4, 10% warm-up), fp32 on CPU
+(`--mixed-precision`: bfloat16 compute on both sides).
 Ours: kt-pipeline's cache + reader (bucket = length bucketing; fixed = pad to 128) +
 models.build_classifier + optim.build_optimizer, Keras `fit`. Peer: Hugging Face
 `transformers` (PyTorch) AutoModelForSequenceClassification; bucket = `group_by_length`
@@ -60,6 +61,7 @@ def ours_setup(d, lr, total_steps, warmup, a):
     import keras
 
     keras.utils.set_random_seed(0)  # the peer seeds torch the same way
+    training.set_precision(bool(a.mixed_precision))  # as `kt-pipeline train --mixed-precision`
     # Built under the strategy `kt-pipeline train` picks (CPU here), as the product does:
     # Keras then builds the optimizer before tracing the train step, not inside it.
     chosen = strategy.make_strategy("auto", verbose=False).strategy
@@ -179,10 +181,11 @@ def peer_batches(tok, rows, padding, seed=0):
         epoch += 1
 
 
-def peer_step(model, opt, sched, batch):
+def peer_step(model, opt, sched, batch, bf16=False):
     import torch
 
-    loss = model(**batch).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = model(**batch).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
@@ -194,12 +197,12 @@ def peer_throughput(a):
     tok, model, opt, sched = peer_setup(5e-5, 10_000, 100)
     it = peer_batches(tok, sst2_rows(TRAIN_ROWS), a.padding)
     for _ in range(a.warmup):
-        peer_step(model, opt, sched, next(it))
+        peer_step(model, opt, sched, next(it), a.mixed_precision)
     times = []
     for _ in range(a.repeats):
         t = time.perf_counter()
         for _ in range(a.steps):
-            peer_step(model, opt, sched, next(it))
+            peer_step(model, opt, sched, next(it), a.mixed_precision)
         times.append(time.perf_counter() - t)
     return times
 
@@ -214,7 +217,8 @@ def peer_tta(a):
     def accuracy():
         model.eval()
         right = 0
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                             enabled=a.mixed_precision):
             for i in range(0, len(val_rows), 64):
                 chunk = val_rows[i:i + 64]
                 b = tok([t for t, _ in chunk], truncation=True, max_length=SEQ,
@@ -227,7 +231,7 @@ def peer_tta(a):
     train_s, curve = 0.0, []
     for step in range(1, a.max_steps + 1):
         t = time.perf_counter()
-        peer_step(model, opt, sched, next(it))
+        peer_step(model, opt, sched, next(it), a.mixed_precision)
         train_s += time.perf_counter() - t
         if step % a.eval_every == 0:
             acc = accuracy()
@@ -238,16 +242,17 @@ def peer_tta(a):
 
 
 def _settings(a) -> dict:
-    """The knobs that shaped this run (ours only; the peer has none of these)."""
+    """The knobs that shaped this run (the peer has only the precision)."""
+    precision = {"precision": "bf16" if a.mixed_precision else "fp32"}
     if a.system != "ours":
-        return {}
+        return precision
     from kt_pipeline import reader
 
     return {"pooling": a.pooling, "jit_compile": bool(a.jit_compile),
             "bucket_sizes": (list(a.bucket_sizes or reader.BUCKET_SIZES)
                              if a.jit_compile or a.bucket_sizes or a.static_buckets else "narrow"),
             "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
-            "strategy": "OneDeviceStrategy" if a.one_device else "kt-pipeline's"}
+            "strategy": "OneDeviceStrategy" if a.one_device else "kt-pipeline's", **precision}
 
 
 def main():
@@ -273,6 +278,10 @@ def main():
                    "reader.BUCKET_SIZES, e.g. 8,16,24,32,40,48,56,64,96,128")
     p.add_argument("--one-device", action="store_true",
                    help="ours: build under OneDeviceStrategy('/cpu:0') (the old CPU strategy)")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="both: bfloat16 compute (ours: the mixed_bfloat16 policy, as "
+                   "`kt-pipeline train --mixed-precision`; peer: torch.autocast), for CPUs "
+                   "with AMX/AVX-512 bf16")
     p.add_argument("--static-buckets", action="store_true",
                    help="ours: pad to reader.BUCKET_SIZES (the XLA setting) without XLA")
     a = p.parse_args()

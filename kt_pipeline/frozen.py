@@ -224,5 +224,5 @@ def head_datasets(store: FeatureStore, max_seq_length: int, pooling: str, batch_
     if n_val:
         vx, vy = store.get("validation", max_seq_length, pooling)
         val = (tf.data.Dataset.from_tensor_slices((vx, vy)).batch(batch_size)
-               .with_options(reader.data_options()))
+               .prefetch(reader.PREFETCH_BATCHES).with_options(reader.data_options()))
     return HeadData(train, val, math.ceil(len(y) / batch_size), len(y), n_val, int(x.shape[1]))

@@ -159,6 +159,8 @@ class ClusterConfig:
 
 def validate(cfg: ClusterConfig) -> None:
     """Raise ConfigError for settings that cannot work, naming the setting."""
+    from kt_pipeline.losses import POSITIVES
+
     checks = [
         (cfg.final in FINALS, f"final={cfg.final!r}: expected one of {', '.join(FINALS)}"),
         (cfg.pooling in POOLINGS, f"pooling={cfg.pooling!r}: expected one of {', '.join(POOLINGS)}"),
@@ -174,8 +176,8 @@ def validate(cfg: ClusterConfig) -> None:
         (cfg.embedding_dim >= 1, f"embedding_dim={cfg.embedding_dim}: expected >= 1"),
         (cfg.temperature > 0, f"temperature={cfg.temperature}: expected > 0"),
         (cfg.softness > 0, f"softness={cfg.softness}: expected > 0"),
-        (cfg.positives in ("hardest", "each"),
-         f"positives={cfg.positives!r}: expected hardest or each"),
+        (cfg.positives in POSITIVES,
+         f"positives={cfg.positives!r}: expected one of {', '.join(POSITIVES)}"),
     ]
     for ok, msg in checks:
         if not ok:

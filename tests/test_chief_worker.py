@@ -38,9 +38,16 @@ def test_chief_and_two_workers_share_trials(tiny_cache, tiny_preset, tmp_path): 
         for wid in ("worker0", "worker1"):
             procs[wid] = subprocess.Popen(base + ["--role", "worker", "--tuner-id", wid], env=env,
                                           stdout=logs[wid], stderr=subprocess.STDOUT)
-        deadline = time.time() + 80
+        # A guard against a hang, not a speed check: three processes each import TF and
+        # train on a 2-core CI machine that may be running other tests.
+        deadline = time.time() + 240
         for name, p in procs.items():
-            p.wait(timeout=max(1, deadline - time.time()))
+            try:
+                p.wait(timeout=max(1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                logs[name].flush()
+                raise AssertionError(f"{name} still running after 240 s: " +
+                                     (tmp_path / f"{name}.log").read_text()[-3000:]) from None
         for name, p in procs.items():
             assert p.returncode == 0, f"{name}: " + (tmp_path / f"{name}.log").read_text()[-3000:]
     finally:
