@@ -15,7 +15,9 @@ models.build_classifier + optim.build_optimizer, Keras `fit`. Peer: Hugging Face
 `transformers` (PyTorch) AutoModelForSequenceClassification; bucket = `group_by_length`
 (transformers' LengthGroupedSampler) with dynamic padding; fixed = pad to 128.
 Throughput = examples/s over `--steps` timed steps after `--warmup` steps (median of
-`--repeats` windows). TTA = training wall time (evaluation excluded) until accuracy on
+`--repeats` windows). Bucketed windows default to 100 steps: with 30, the peer's
+`group_by_length` order put its shortest batches in one window and flattered ours 1.29x
+(BENCHMARKS.md section 3, stop 11). TTA = training wall time (evaluation excluded) until accuracy on
 1,000 held-out rows first reaches 0.85, evaluated every `--eval-every` steps.
 
 Ours runs with TrainConfig's defaults (pooling, jit_compile) under the strategy `kt-pipeline
@@ -263,8 +265,11 @@ def main():
     p.add_argument("mode", choices=["throughput", "tta"])
     p.add_argument("--system", choices=["ours", "peer"], required=True)
     p.add_argument("--padding", choices=["bucket", "fixed"], default="bucket")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per window (default 100 with buckets, 10 with fixed "
+                   "padding: shorter bucketed windows see unrepresentative lengths)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed steps first (default 25 with buckets, 10 with fixed)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--max-steps", type=int, default=400)
@@ -285,12 +290,16 @@ def main():
     p.add_argument("--static-buckets", action="store_true",
                    help="ours: pad to reader.BUCKET_SIZES (the XLA setting) without XLA")
     a = p.parse_args()
+    if a.steps is None:
+        a.steps = 100 if a.padding == "bucket" else 10
+    if a.warmup is None:
+        a.warmup = 25 if a.padding == "bucket" else 10
     require_sst2()
     if a.mode == "throughput":
         times = (ours_throughput if a.system == "ours" else peer_throughput)(a)
         emit(benchmark="train_throughput", system=a.system, padding=a.padding, seq=SEQ,
              **_settings(a),
-             batch=BATCH, examples_per_s=round(BATCH * a.steps / median(times), 2),
+             batch=BATCH, window_steps=a.steps, examples_per_s=round(BATCH * a.steps / median(times), 2),
              windows_s=[round(t, 2) for t in times])
     else:
         hit, curve = (ours_tta if a.system == "ours" else peer_tta)(a)
