@@ -84,7 +84,7 @@ CLUSTER_SPACE: dict = {
     "lam": {"min": 0.5, "max": 20.0, "sampling": "log"},
     "positives": ["hardest", "each"],
     "sigma": {"min": 0.0, "max": 1.0},
-    "mu_p": {"min": 0.05, "max": 1.0, "sampling": "log"},
+    "mu_p": {"min": 0.0, "max": 1.0},  # 0 (no pull) scored best so far
     "mu_n": {"min": 0.25, "max": 2.0, "sampling": "log"},
     "margin": {"min": 0.1, "max": 1.0},
     "window": [0, 6, 12, 24],
