@@ -268,18 +268,15 @@ class _SearchMixin:
         self.hypermodel.declare_hyperparameters(hp)
         self.oracle.update_space(hp)
 
-    def _trial_dir(self, trial) -> str:
-        return join(self.project_dir, f"trial_{trial.trial_id}")
-
     def _attempt_path(self, trial) -> str:
-        return join(self._trial_dir(trial), ATTEMPTS, self._attempt_name)
+        return join(trial_dir(self.directory, trial.trial_id), ATTEMPTS, self._attempt_name)
 
     def run_trial(self, trial, *args, **kwargs):
         # A HyperModel with its own run_trial (the speaker task) trains no Keras model here.
         own = getattr(self.hypermodel, "run_trial", None)
         if own is None:
             return super().run_trial(trial, *args, **kwargs)
-        return own(trial, self._trial_dir(trial))
+        return own(trial, trial_dir(self.directory, trial.trial_id))
 
     def _write_attempt(self, trial, record: dict) -> None:
         models.write_text(self._attempt_path(trial), json.dumps(record, indent=1))

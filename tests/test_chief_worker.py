@@ -12,6 +12,7 @@ import yaml
 from test_tuning import search_raw, tiny_cache  # noqa: F401  (fixture)
 
 MAX_TRIALS = 4
+HANG_GUARD_S = 240  # three processes import TF and train on a 2-core CI machine
 
 
 def free_port() -> int:
@@ -38,15 +39,13 @@ def test_chief_and_two_workers_share_trials(tiny_cache, tiny_preset, tmp_path): 
         for wid in ("worker0", "worker1"):
             procs[wid] = subprocess.Popen(base + ["--role", "worker", "--tuner-id", wid], env=env,
                                           stdout=logs[wid], stderr=subprocess.STDOUT)
-        # A guard against a hang, not a speed check: three processes each import TF and
-        # train on a 2-core CI machine that may be running other tests.
-        deadline = time.time() + 240
+        deadline = time.time() + HANG_GUARD_S  # a guard against a hang, not a speed check
         for name, p in procs.items():
             try:
                 p.wait(timeout=max(1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 logs[name].flush()
-                raise AssertionError(f"{name} still running after 240 s: " +
+                raise AssertionError(f"{name} still running after {HANG_GUARD_S} s: " +
                                      (tmp_path / f"{name}.log").read_text()[-3000:]) from None
         for name, p in procs.items():
             assert p.returncode == 0, f"{name}: " + (tmp_path / f"{name}.log").read_text()[-3000:]
