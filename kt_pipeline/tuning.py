@@ -258,6 +258,28 @@ def failure_reason(message: Optional[str]) -> str:
     return rest if sep and " " not in head else last
 
 
+FINAL_STATUSES = ("COMPLETED", "FAILED")
+
+
+def forget_finished_retries(oracle) -> list:
+    """Take trials whose own ``trial.json`` says they finished off the retry queue.
+
+    keras-tuner's ``Oracle.end_trial`` writes ``trial.json`` before ``oracle.json``,
+    and the ``oracle.json`` it writes still lists the trial as ongoing (the trial
+    leaves ``ongoing_trials`` only after the save). A search killed in that window
+    would, on reload, send a finished trial back for another run. Returns the ids
+    taken off the queue (they go to ``end_order`` as ``end_trial`` would have put them).
+    """
+    done = [tid for tid in oracle._retry_queue
+            if tid in oracle.trials and str(oracle.trials[tid].status) in FINAL_STATUSES]
+    if not done:
+        return []
+    oracle._retry_queue = [tid for tid in oracle._retry_queue if tid not in done]
+    oracle.end_order.extend(tid for tid in done if tid not in oracle.end_order)
+    oracle.save()
+    return done
+
+
 class _SearchMixin:
     """Our additions to keras-tuner's tuners: attempt records, chief loop, quiet start."""
 
@@ -304,6 +326,11 @@ class _SearchMixin:
             print(f"trial {trial.trial_id} {trial.status}: {record['reason']}", file=sys.stderr)
         self._write_attempt(trial, record)
         super().on_trial_end(trial)
+
+    def reload(self):
+        super().reload()
+        if not self._is_worker():
+            forget_finished_retries(self.oracle)
 
     def search(self, *args, **kwargs):
         if is_chief():

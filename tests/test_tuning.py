@@ -286,3 +286,27 @@ def test_keras_tuner_state_files_are_replaced_atomically(tmp_path, root, monkeyp
         keras_tuner.src.utils.save_json(path, {"trial": 3})
     monkeypatch.undo()
     assert keras_tuner.src.utils.load_json(path) == {"trial": 2}
+
+
+def test_a_trial_killed_after_it_finished_is_not_run_again(tiny_cache, tiny_preset, tmp_path):
+    # keras-tuner writes trial.json (COMPLETED) before oracle.json, and that
+    # oracle.json still lists the trial as ongoing: a kill in between left the trial
+    # to be retried on resume. Recreate that state on disk and resume.
+    from kt_pipeline import tuning
+
+    raw = search_raw(tiny_cache, tiny_preset, tmp_path / "s", tuner={"max_trials": 2})
+    tuning.run_search(search_config.build_config(raw))
+    project = str(tmp_path / "s" / "kt")
+    oracle_path = os.path.join(project, "oracle.json")
+    state = json.load(open(oracle_path))
+    last = state["end_order"].pop()
+    state["ongoing_trials"] = {"tuner0": last}
+    json.dump(state, open(oracle_path, "w"))
+    assert len(_finished_trials(project)) == 2
+
+    raw["tuner"]["max_trials"] = 3
+    results = tuning.run_search(search_config.build_config(raw))
+    runs = [t for ts in _attempts_by_pid(project).values() for t in ts]
+    assert sorted(runs).count(last) == 1, runs
+    assert len(runs) == 3 and len(_finished_trials(project)) == 3
+    assert len(results["rows"]) == 3
