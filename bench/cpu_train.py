@@ -73,7 +73,7 @@ def ours_setup(d, lr, total_steps, warmup, a):
         chosen = tf.distribute.OneDeviceStrategy("/cpu:0")
     with chosen.scope():
         model = models.build_classifier(encoders.load_backbone(None), 2, a.pooling, dropout=0.1)
-        opt = optim.build_optimizer(lr, warmup, total_steps)
+        opt = optim.build_optimizer(lr, warmup, total_steps, fused=not a.plain_adamw)
         training.compile_classifier(model, opt, a.jit_compile)
     return model, caches
 
@@ -254,7 +254,8 @@ def _settings(a) -> dict:
             "bucket_sizes": (list(a.bucket_sizes or reader.BUCKET_SIZES)
                              if a.jit_compile or a.bucket_sizes or a.static_buckets else "narrow"),
             "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
-            "strategy": "OneDeviceStrategy" if a.one_device else "kt-pipeline's", **precision}
+            "strategy": "OneDeviceStrategy" if a.one_device else "kt-pipeline's",
+            "optimizer": "AdamW" if a.plain_adamw else "FusedAdamW", **precision}
 
 
 def main():
@@ -287,6 +288,8 @@ def main():
                    help="both: bfloat16 compute (ours: the mixed_bfloat16 policy, as "
                    "`kt-pipeline train --mixed-precision`; peer: torch.autocast), for CPUs "
                    "with AMX/AVX-512 bf16")
+    p.add_argument("--plain-adamw", action="store_true",
+                   help="ours: Keras's AdamW instead of optim.FusedAdamW (the default)")
     p.add_argument("--static-buckets", action="store_true",
                    help="ours: pad to reader.BUCKET_SIZES (the XLA setting) without XLA")
     a = p.parse_args()
