@@ -113,6 +113,40 @@ class FusedAdamW(keras.optimizers.AdamW):
     [0.9, 1.1, 1.0]
     """
 
+    def _clip_gradients(self, grads):
+        """Keras's global-norm clipping without densifying embedding gradients.
+
+        Keras scales every gradient as a dense tensor, so the word embedding's sparse
+        gradient (a few hundred rows of 30k) becomes passes over the whole table.
+        Here a sparse gradient keeps only its rows, with the rows of a repeated
+        token summed first, so the norm is the dense gradient's (as PyTorch's
+        ``clip_grad_norm_`` takes it). Keras, and ``tf.clip_by_global_norm``, square
+        the rows as they come, which counts a token seen twice in a batch as two
+        rows. A non-finite norm makes every gradient NaN, as in Keras.
+        """
+        import tensorflow as tf
+
+        if (self.clipnorm or not self.global_clipnorm or self.global_clipnorm <= 0
+                or keras.backend.backend() != "tensorflow" or tf.distribute.has_strategy()):
+            return super()._clip_gradients(grads)
+        grads = [_sum_duplicate_rows(g) if isinstance(g, tf.IndexedSlices) else g
+                 for g in grads]
+        parts = [g.values if isinstance(g, tf.IndexedSlices) else g
+                 for g in grads if g is not None]
+        norm = tf.sqrt(tf.add_n([2.0 * tf.cast(tf.nn.l2_loss(p), "float32") for p in parts]))
+        clip = tf.constant(self.global_clipnorm, "float32")
+        scale = clip * tf.minimum(1.0 / norm, 1.0 / clip) + (norm - norm)
+
+        def scaled(g):
+            if g is None:
+                return g
+            if isinstance(g, tf.IndexedSlices):
+                return tf.IndexedSlices(g.values * tf.cast(scale, g.values.dtype), g.indices,
+                                        g.dense_shape)
+            return g * tf.cast(scale, g.dtype)
+
+        return [scaled(g) for g in grads]
+
     def update_step(self, gradient, variable, learning_rate):
         import tensorflow as tf
 
@@ -134,6 +168,15 @@ class FusedAdamW(keras.optimizers.AdamW):
             beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
             lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
             epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
+
+
+def _sum_duplicate_rows(g):
+    """An ``IndexedSlices`` with each row index once (values of repeated rows summed)."""
+    import tensorflow as tf
+
+    unique, pos = tf.unique(g.indices)
+    values = tf.math.unsorted_segment_sum(g.values, pos, tf.shape(unique)[0])
+    return tf.IndexedSlices(values, unique, g.dense_shape)
 
 
 def resolve_warmup(total_steps: int, warmup_steps: int = 0, warmup_fraction=None) -> int:

@@ -127,7 +127,7 @@ def _train(fused, steps=12):
     import tensorflow as tf
 
     model = _embedding_model(0)
-    opt = optim.build_optimizer(3e-2, 3, steps, weight_decay=0.1, clipnorm=0.5, fused=fused)
+    opt = optim.build_optimizer(3e-2, 3, steps, weight_decay=0.1, clipnorm=0.05, fused=fused)
     rng = np.random.default_rng(1)
     x = rng.integers(0, 50, (steps, 8, 5)).astype("int32")
     y = rng.integers(0, 3, (steps, 8)).astype("int32")
@@ -138,17 +138,25 @@ def _train(fused, steps=12):
         with tf.GradientTape() as tape:
             loss = loss_fn(yb, model(xb, training=True))
         grads = tape.gradient(loss, model.trainable_variables)
+        if not fused:  # Keras's reference on the dense gradients (see _clip_gradients)
+            grads = [tf.convert_to_tensor(g) for g in grads]
         opt.apply(grads, model.trainable_variables)
-        return grads[0]
+        return grads[0], tf.linalg.global_norm(grads)
 
+    norms = []
     for i in range(steps):
-        emb_grad = step(x[i], y[i])
+        emb_grad, norm = step(x[i], y[i])
+        norms.append(float(norm))
+    assert min(norms) > 0.05  # the clipping was active on every step
     return model, opt, emb_grad
 
 
 def test_fused_adamw_matches_keras_adamw():
     """Same weights and slots after a warmup/decay run with weight decay, clipping and
-    an embedding (sparse, IndexedSlices) gradient."""
+    an embedding (sparse, IndexedSlices, repeated rows) gradient. The reference is
+    Keras's AdamW given the dense gradients: given IndexedSlices, Keras takes the
+    clipping norm over the rows as they come, so a token seen twice in a batch counts
+    as two rows, not one row with the summed gradient."""
     import tensorflow as tf
 
     fused, fused_opt, emb_grad = _train(True)
@@ -158,10 +166,10 @@ def test_fused_adamw_matches_keras_adamw():
     start = _embedding_model(0)
     for a, b, s in zip(fused.trainable_variables, plain.trainable_variables,
                        start.trainable_variables):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-5, atol=2e-6, err_msg=a.path)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-5, atol=1e-5, err_msg=a.path)
         assert not np.allclose(a.numpy(), s.numpy()), a.path  # it did train
     for a, b in zip(fused_opt.variables, plain_opt.variables):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-5, atol=2e-6, err_msg=a.path)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-5, atol=1e-5, err_msg=a.path)
 
 
 def test_fused_adamw_round_trips_through_a_saved_model(tmp_path):
