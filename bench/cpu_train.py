@@ -11,9 +11,11 @@ Same checkpoint directory on both sides (the packaged all-MiniLM-L6-v2), SST-2 r
 max_seq_length 128, batch 32, AdamW lr 5e-5 (tta: 1e-4, 10% warm-up), fp32 on CPU
 (`--mixed-precision`: bfloat16 compute on both sides).
 Ours: kt-pipeline's cache + reader (bucket = length bucketing; fixed = pad to 128) +
-models.build_classifier + optim.build_optimizer, Keras `fit`. Peer: Hugging Face
-`transformers` (PyTorch) AutoModelForSequenceClassification; bucket = `group_by_length`
+models.build_classifier + optim.build_optimizer (FusedAdamW), Keras `fit`. Peer: Hugging
+Face `transformers` (PyTorch) AutoModelForSequenceClassification, torch AdamW with
+fused=True (the Trainer's default for torch >= 2.8); bucket = `group_by_length`
 (transformers' LengthGroupedSampler) with dynamic padding; fixed = pad to 128.
+`--plain-adamw` gives both sides their unfused AdamW (the setting before stop 12).
 Throughput = examples/s over `--steps` timed steps after `--warmup` steps (median of
 `--repeats` windows). Bucketed windows default to 100 steps: with 30, the peer's
 `group_by_length` order put its shortest batches in one window and flattered ours 1.29x
@@ -137,7 +139,7 @@ def ours_tta(a):
 
 
 # ---------------------------------------------------------------- peer (PyTorch)
-def peer_setup(lr, total, warmup):
+def peer_setup(lr, total, warmup, plain_adamw=False):
     import torch
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer,
                               get_linear_schedule_with_warmup)
@@ -154,7 +156,8 @@ def peer_setup(lr, total, warmup):
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
          "weight_decay": 0.0},
     ]
-    opt = torch.optim.AdamW(groups, lr=lr, eps=1e-6)
+    # Fused, as Hugging Face's Trainer picks for torch >= 2.8 (optim="adamw_torch_fused").
+    opt = torch.optim.AdamW(groups, lr=lr, eps=1e-6, fused=not plain_adamw)
     sched = get_linear_schedule_with_warmup(opt, warmup, total)
     return tok, model, opt, sched
 
@@ -196,7 +199,7 @@ def peer_step(model, opt, sched, batch, bf16=False):
 
 
 def peer_throughput(a):
-    tok, model, opt, sched = peer_setup(5e-5, 10_000, 100)
+    tok, model, opt, sched = peer_setup(5e-5, 10_000, 100, a.plain_adamw)
     it = peer_batches(tok, sst2_rows(TRAIN_ROWS), a.padding)
     for _ in range(a.warmup):
         peer_step(model, opt, sched, next(it), a.mixed_precision)
@@ -212,7 +215,7 @@ def peer_throughput(a):
 def peer_tta(a):
     import torch
 
-    tok, model, opt, sched = peer_setup(1e-4, a.max_steps, a.max_steps // 10)
+    tok, model, opt, sched = peer_setup(1e-4, a.max_steps, a.max_steps // 10, a.plain_adamw)
     val_rows = sst2_rows(VAL_ROWS, VAL_OFFSET)
     it = peer_batches(tok, sst2_rows(TRAIN_ROWS), "bucket")
 
@@ -247,7 +250,7 @@ def _settings(a) -> dict:
     """The knobs that shaped this run (the peer has only the precision)."""
     precision = {"precision": "bf16" if a.mixed_precision else "fp32"}
     if a.system != "ours":
-        return precision
+        return {"optimizer": "AdamW" if a.plain_adamw else "AdamW(fused=True)", **precision}
     from kt_pipeline import reader
 
     return {"pooling": a.pooling, "jit_compile": bool(a.jit_compile),
@@ -289,7 +292,8 @@ def main():
                    "`kt-pipeline train --mixed-precision`; peer: torch.autocast), for CPUs "
                    "with AMX/AVX-512 bf16")
     p.add_argument("--plain-adamw", action="store_true",
-                   help="ours: Keras's AdamW instead of optim.FusedAdamW (the default)")
+                   help="both: the unfused AdamW (ours: Keras's AdamW instead of "
+                   "optim.FusedAdamW; peer: torch's for-loop AdamW instead of fused=True)")
     p.add_argument("--static-buckets", action="store_true",
                    help="ours: pad to reader.BUCKET_SIZES (the XLA setting) without XLA")
     a = p.parse_args()
