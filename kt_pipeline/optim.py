@@ -5,6 +5,8 @@ clipped by global norm (``clipnorm``). ``initial_step`` shifts the schedule so a
 that starts with a fresh optimizer (keras-tuner Hyperband continuing a trial with
 ``initial_epoch``) continues the schedule instead of warming up again. A run resumed
 by ``BackupAndRestore`` restores ``optimizer.iterations`` and keeps ``initial_step=0``.
+The optimizer is :class:`FusedAdamW`: Keras's AdamW with TensorFlow's fused Adam kernel
+per variable and clipping that keeps sparse (embedding) gradients sparse.
 
 Example:
 
