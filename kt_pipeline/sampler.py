@@ -4,7 +4,8 @@ A random batch from a corpus of novels rarely holds two quotes of one speaker of
 book, so the contrastive loss would see no positives. Each batch from
 :class:`BookSpeakerSampler` picks one book (with probability proportional to its
 quote count), then ``P`` of its speakers that have at least 2 quotes (uniformly, so
-rare speakers are seen too), then ``K`` quotes of each (without replacement; fewer
+rare speakers are seen too; or with probability proportional to ``n_quotes **
+speaker_power``, 1 = as often as their quotes), then ``K`` quotes of each (without replacement; fewer
 when a speaker has fewer), plus ``narrative`` narrative examples of the same book for
 the narrative head. The order of indices within a batch is shuffled.
 
@@ -30,7 +31,8 @@ class BookSpeakerSampler:
     """Draw index batches of ``P`` speakers x ``K`` quotes from a single book."""
 
     def __init__(self, groups, labels, narrative=None, *, speakers_per_batch: int = 8,
-                 quotes_per_speaker: int = 4, narrative_per_batch: int = 0, seed: int = 0):
+                 quotes_per_speaker: int = 4, narrative_per_batch: int = 0, seed: int = 0,
+                 speaker_power: float = 0.0):
         if speakers_per_batch < 1 or quotes_per_speaker < 1 or narrative_per_batch < 0:
             raise ConfigError(
                 f"sampler: speakers_per_batch={speakers_per_batch}, quotes_per_speaker="
@@ -40,7 +42,11 @@ class BookSpeakerSampler:
         self.groups = np.asarray(groups)
         self.labels = np.asarray(labels)
         narr = np.zeros(len(self.labels), bool) if narrative is None else np.asarray(narrative, bool)
+        if not 0.0 <= speaker_power <= 2.0:
+            raise ConfigError(f"sampler: speaker_power={speaker_power}: expected 0..2 "
+                              "(0 = every speaker equally often, 1 = in proportion to its quotes)")
         self.P, self.K, self.N = int(speakers_per_batch), int(quotes_per_speaker), int(narrative_per_batch)
+        self.speaker_power = float(speaker_power)
         self.rng = np.random.default_rng(seed)
         self.books = {}  # group -> (speaker -> indices, narrative indices)
         for g in np.unique(self.groups):
@@ -67,7 +73,11 @@ class BookSpeakerSampler:
         g = self._book_keys[self.rng.choice(len(self._book_keys), p=self._book_p)]
         speakers, narrative = self.books[g]
         keys = list(speakers)
-        chosen = self.rng.choice(len(keys), size=min(self.P, len(keys)), replace=False)
+        p = None
+        if self.speaker_power:
+            p = np.array([len(speakers[k]) for k in keys], float) ** self.speaker_power
+            p /= p.sum()
+        chosen = self.rng.choice(len(keys), size=min(self.P, len(keys)), replace=False, p=p)
         parts = []
         for c in chosen:
             idx = speakers[keys[c]]

@@ -91,6 +91,8 @@ CLUSTER_SPACE: dict = {
     "projection_hidden": ["1024", "1024,2048", ""],  # "" = no hidden layer
     "embedding_dim": [64, 128, 256],
     "learning_rate": {"min": 1e-5, "max": 2e-4, "sampling": "log"},
+    "balance": ["inverse", "none"],  # none scored higher on held-out ARI (docs/RESULTS.md, round 6)
+    "speaker_power": {"min": 0.0, "max": 1.0},  # draw speakers ~ n_quotes ** power
 }
 CLUSTER_OBJECTIVES = ("val_ari",)  # validation adjusted Rand index (maximised)
 # ClusterConfig fields the search owns: per-trial dir, the monitor, the top-level preset.

@@ -80,3 +80,20 @@ def test_inverse_frequency_weights():
             assert w[q & (y == s)] == pytest.approx(q.sum() / (len(counts) * c))
     assert np.all(w[n] == 1.0)
     assert np.allclose(inverse_frequency_weights(g, y, n, power=0.0), 1.0)
+
+
+def test_speaker_power_draws_frequent_speakers_more_often():
+    g, y, n = corpus()
+    book0 = g == 0
+    draws = {}
+    for power in (0.0, 1.0):
+        s = BookSpeakerSampler(g[book0], y[book0], n[book0], speakers_per_batch=1,
+                               quotes_per_speaker=2, seed=4, speaker_power=power)
+        c = collections.Counter(int(y[s.sample()][0]) for _ in range(2000))
+        draws[power] = {k: v / 2000 for k, v in c.items()}
+    # eligible speakers have 20, 10, 5, 2 quotes: uniform 1/4 each, or 20/37, 10/37, ...
+    for k in range(4):
+        assert draws[0.0][k] == pytest.approx(0.25, abs=0.04)
+        assert draws[1.0][k] == pytest.approx([20, 10, 5, 2][k] / 37, abs=0.04)
+    with pytest.raises(ConfigError, match="speaker_power"):
+        BookSpeakerSampler(g, y, n, speaker_power=-1)

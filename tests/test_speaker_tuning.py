@@ -61,7 +61,8 @@ def test_defaults_and_hyperband_steps():
     cfg = search_config.build_config({"task": "speaker_clustering", "preset": "p"},
                                      ["cluster.steps=90", "space.lam=[1, 2]"])
     assert (cfg.tuner.type, cfg.tuner.objective) == ("bayesian", "val_ari")
-    assert set(cfg.space) == ISSUE_KEYS and cfg.cluster.preset == "p"
+    # the issue's keys plus the batch balancing ones (balance, speaker_power)
+    assert set(cfg.space) == ISSUE_KEYS | {"balance", "speaker_power"} and cfg.cluster.preset == "p"
     assert cfg.space["lam"].values == [1.0, 2.0]  # a float field: one type per Choice
     cfg.tuner.max_epochs = 3
     assert speaker_tuning.trial_overrides(cfg, {"lam": 2.0, "tuner/epochs": 1}) == {
