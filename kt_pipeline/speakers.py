@@ -136,7 +136,7 @@ class ClusterConfig:
     anchor_threshold: Optional[float] = None
     # sampler / optimisation
     speakers_per_batch: int = 8
-    speaker_power: float = 0.0  # draw speakers ~ n_quotes ** power (0 = uniformly)
+    speaker_power: float = 1.0  # draw speakers ~ n_quotes ** power (0 = uniformly; RESULTS.md, round 6)
     quotes_per_speaker: int = 4
     narrative_per_batch: int = 4
     steps: int = 600  # 200 steps: 1.4x the untrained ARI; 600: 3.7x (RESULTS.md)
