@@ -13,6 +13,7 @@ RUNS = [
     ["cpu_train.py", "throughput", "--system", "peer", "--padding", "bucket"],
     ["cpu_train.py", "throughput", "--system", "ours", "--padding", "fixed"],
     ["cpu_train.py", "throughput", "--system", "peer", "--padding", "fixed"],
+    ["optimizer_step.py"],
     ["frozen_speedup.py"],
 ]
 

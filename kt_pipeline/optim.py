@@ -101,9 +101,12 @@ class FusedAdamW(keras.optimizers.AdamW):
     ``var -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)``; weight decay as in
     AdamW), but one kernel makes one pass over each variable and its two slots
     instead of about ten element-wise ops, and the trace holds one op per variable.
-    Variables, slots and checkpoints are AdamW's. Under a distribution strategy with
-    mirrored or TPU variables, with ``amsgrad``, or on another backend, it is plain
-    AdamW.
+    Without a distribution strategy, the weight decay and the kernel run in one loop
+    over the variables with the learning rate and Adam's scalars computed once (Keras
+    evaluates the schedule again for each decayed variable): about 4 ops per variable
+    instead of about 15, which makes the first step's trace shorter. Variables, slots
+    and checkpoints are AdamW's. Under a distribution strategy with mirrored or TPU
+    variables, with ``amsgrad``, or on another backend, it is plain AdamW.
 
     Example:
 
@@ -149,7 +152,73 @@ class FusedAdamW(keras.optimizers.AdamW):
 
         return [scaled(g) for g in grads]
 
+    def _one_pass(self, variables) -> bool:
+        """True when the whole update can run in `_backend_update_step`'s single loop:
+        TensorFlow, no distribution strategy, no ``amsgrad``, plain resource variables.
+        Otherwise Keras's decay and per-variable `update_step` run (still fused)."""
+        import tensorflow as tf
+
+        if self.amsgrad or keras.backend.backend() != "tensorflow" or tf.distribute.has_strategy():
+            return False
+        for variable in variables:
+            idx = self._get_variable_index(variable)
+            slots = (variable, self._momentums[idx], self._velocities[idx])
+            values = [x.value if isinstance(x, keras.Variable) else x for x in slots]
+            if not all(hasattr(x, "handle") for x in values) or any(
+                    isinstance(x, tf.distribute.DistributedValues) for x in values):
+                return False
+        return True
+
+    def _apply_weight_decay(self, variables):
+        # On the one-pass path the decay is applied in `_backend_update_step`, with the
+        # learning rate computed once instead of once per variable.
+        if not self._one_pass(variables):
+            super()._apply_weight_decay(variables)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        """Decay, then the fused Adam kernel, for each variable; scalars computed once.
+
+        Keras evaluates the learning-rate schedule again for every decayed variable and
+        builds the Adam scalars per variable: about 1,500 small ops a step for
+        MiniLM's 103 variables, against about 400 here. The decay is Keras's
+        ``var -= var * (lr * weight_decay)`` with the scalar product taken first
+        (one pass over the variable fewer).
+        """
+        import tensorflow as tf
+
+        if not self._one_pass(trainable_variables):
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        lr = tf.cast(learning_rate, "float32")
+        step = tf.cast(self.iterations + 1, "float32")
+        scalars = {}
+
+        def consts(dtype):
+            if dtype not in scalars:
+                beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+                scalars[dtype] = dict(
+                    beta1_power=tf.pow(beta_1, tf.cast(step, dtype)),
+                    beta2_power=tf.pow(beta_2, tf.cast(step, dtype)),
+                    lr=tf.cast(lr, dtype), beta1=beta_1, beta2=beta_2,
+                    epsilon=tf.cast(self.epsilon, dtype),
+                    decay=tf.cast(lr * float(self.weight_decay or 0.0), dtype))
+            return scalars[dtype]
+
+        for grad, variable in zip(grads, trainable_variables):
+            var = variable.value if isinstance(variable, keras.Variable) else variable
+            idx = self._get_variable_index(variable)
+            c = consts(var.dtype)
+            if self.weight_decay and self._use_weight_decay(var):  # as Keras: the tf.Variable
+                var.assign_sub(var * c["decay"])
+            if isinstance(grad, tf.IndexedSlices):
+                grad = tf.convert_to_tensor(grad)
+            tf.raw_ops.ResourceApplyAdam(
+                var=var.handle, m=self._momentums[idx].value.handle,
+                v=self._velocities[idx].value.handle, beta1_power=c["beta1_power"],
+                beta2_power=c["beta2_power"], lr=c["lr"], beta1=c["beta1"], beta2=c["beta2"],
+                epsilon=c["epsilon"], grad=tf.cast(grad, var.dtype))
+
     def update_step(self, gradient, variable, learning_rate):
+        """One variable's fused update, as Keras calls it under a distribution strategy."""
         import tensorflow as tf
 
         idx = self._get_variable_index(variable)
