@@ -85,6 +85,8 @@ def _update_fn(opt, grads, variables):
 def peer(var_shapes, rows, repeats):
     import torch
 
+    from kt_pipeline import optim  # the same no-decay names as ours
+
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count())
     vocab = max(s[0] for _, s in var_shapes)
@@ -98,7 +100,7 @@ def peer(var_shapes, rows, repeats):
             g = torch.randn(s) * 1e-3
         p.grad = g
         params.append(p)
-        (no_decay if any(k in path for k in ("bias", "gamma", "beta")) else decay).append(p)
+        (no_decay if any(k in path for k in optim.NO_DECAY_NAMES) else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=5e-5, eps=1e-6, fused=True)

@@ -5,9 +5,9 @@ book, so the contrastive loss would see no positives. Each batch from
 :class:`BookSpeakerSampler` picks one book (with probability proportional to its
 quote count), then ``P`` of its speakers that have at least 2 quotes (uniformly, so
 rare speakers are seen too; or with probability proportional to ``n_quotes **
-speaker_power``, 1 = as often as their quotes), then ``K`` quotes of each (without replacement; fewer
-when a speaker has fewer), plus ``narrative`` narrative examples of the same book for
-the narrative head. The order of indices within a batch is shuffled.
+speaker_power``, 1 = as often as their quotes), then ``K`` quotes of each (without
+replacement; fewer when a speaker has fewer), plus ``narrative`` narrative examples
+of the same book for the narrative head. The order of indices within a batch is shuffled.
 
 Example:
 
