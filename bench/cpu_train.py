@@ -15,7 +15,9 @@ models.build_classifier + optim.build_optimizer (FusedAdamW), Keras `fit`. Peer:
 Face `transformers` (PyTorch) AutoModelForSequenceClassification, torch AdamW with
 fused=True (the Trainer's default for torch >= 2.8); bucket = `group_by_length`
 (transformers' LengthGroupedSampler) with dynamic padding; fixed = pad to 128.
-`--plain-adamw` gives both sides their unfused AdamW (the setting before stop 12).
+`--plain-adamw` gives both sides their unfused AdamW (the setting before stop 12);
+`--stock-layers` gives ours Keras's own layer norm, GELU and dropout instead of
+`kt_pipeline.fast_layers` (the setting before stop 15).
 Throughput = examples/s over `--steps` timed steps after `--warmup` steps (median of
 `--repeats` windows). Bucketed windows default to 100 steps: with 30, the peer's
 `group_by_length` order put its shortest batches in one window and flattered ours 1.29x
@@ -258,7 +260,8 @@ def _settings(a) -> dict:
                              if a.jit_compile or a.bucket_sizes or a.static_buckets else "narrow"),
             "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
             "strategy": "OneDeviceStrategy" if a.one_device else "kt-pipeline's",
-            "optimizer": "AdamW" if a.plain_adamw else "FusedAdamW", **precision}
+            "optimizer": "AdamW" if a.plain_adamw else "FusedAdamW",
+            "fast_layers": not a.stock_layers, **precision}
 
 
 def main():
@@ -296,7 +299,13 @@ def main():
                    "optim.FusedAdamW; peer: torch's for-loop AdamW instead of fused=True)")
     p.add_argument("--static-buckets", action="store_true",
                    help="ours: pad to reader.BUCKET_SIZES (the XLA setting) without XLA")
+    p.add_argument("--stock-layers", action="store_true",
+                   help="ours: Keras's layer norm, GELU and dropout, not kt_pipeline.fast_layers")
     a = p.parse_args()
+    if a.stock_layers:
+        from kt_pipeline import fast_layers
+
+        os.environ[fast_layers.ENV] = "0"
     if a.steps is None:
         a.steps = 100 if a.padding == "bucket" else 10
     if a.warmup is None:

@@ -130,13 +130,19 @@ def load_tokenizer(preset: str | None):
 
 
 def load_backbone(preset: str | None, load_weights: bool = True, **kwargs):
-    """Load the KerasHub backbone for a preset."""
+    """Load the KerasHub backbone for a preset, with `fast_layers` installed (same
+    arithmetic as KerasHub's layers, fewer ops; ``KT_PIPELINE_FAST_LAYERS=0`` turns
+    that off)."""
     import keras_hub
 
-    return _from_preset(
+    from kt_pipeline import fast_layers
+
+    backbone = _from_preset(
         "backbone", keras_hub.models.Backbone, preset,
         load_weights=load_weights, **kwargs,
     )
+    fast_layers.install(backbone)
+    return backbone
 
 
 # ------------------------------------------------- Hugging Face checkpoint dirs

@@ -1,0 +1,182 @@
+"""Fewer, larger TensorFlow ops for a backbone's layer norms, GELUs and dropouts.
+
+On the CPU a BERT training step spends about a fifth of its time outside the matrix
+products, in element-wise ops that each make a pass over an activation tensor. Keras
+writes layer normalization, the tanh GELU and dropout as chains of small ops, and
+TensorFlow's autodiff differentiates each op of the chain. :func:`install` swaps in
+the same arithmetic with hand-written gradients, without touching the weights,
+the layer classes or what gets saved:
+
+- ``LayerNormalization`` (over the last axis, not RMS): the normalized tensor's
+  gradient is the closed form ``inv * (dy - mean(dy) - x_hat * mean(dy * x_hat))``
+  (4 passes where autodiff through ``moments`` takes about 25 ops per layer norm);
+  computed in float32 as Keras does, whatever the layer's dtype policy.
+- ``Dense`` layers with KerasHub's ``gelu_approximate`` activation (BERT, ALBERT,
+  ELECTRA): the backward pass reuses the forward pass's ``tanh``.
+- ``Dropout`` (no ``noise_shape``): one multiply by a scaled 0/1 mask, forward and
+  backward, instead of multiply-then-select. The mask is drawn from the same seed
+  with the same comparison as Keras's ``stateless_dropout``, so it is the same mask.
+
+Outputs and gradients match the stock layers to float32 rounding
+(``tests/test_fast_layers.py``). On MiniLM (SST-2 batches, 2-core CPU) a training
+step is 11-13% faster (BENCHMARKS.md, section 3, stop 15). Only the TensorFlow
+backend is changed; ``KT_PIPELINE_FAST_LAYERS=0`` turns it off (for comparisons).
+A reloaded ``.keras`` model has stock layers, with the same arithmetic.
+
+Example:
+
+>>> import keras, numpy as np
+>>> from kt_pipeline import fast_layers
+>>> model = keras.Sequential([keras.Input((4, 8)), keras.layers.LayerNormalization(),
+...                           keras.layers.Dropout(0.1)])
+>>> fast_layers.install(model)
+{'layer_norm': 1, 'gelu': 0, 'dropout': 1}
+>>> x = np.arange(32, dtype="float32").reshape(1, 4, 8)
+>>> bool(np.allclose(model(x), keras.layers.LayerNormalization()(x), atol=1e-5))
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import types
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+
+ENV = "KT_PIPELINE_FAST_LAYERS"
+_C = math.sqrt(2.0 / math.pi)  # tanh GELU: 0.5 x (1 + tanh(C (x + A x^3)))
+_A = 0.044715
+
+
+def enabled() -> bool:
+    """True unless ``KT_PIPELINE_FAST_LAYERS`` is ``0``/``false``/``no``/``off``, or the
+    Keras backend is not TensorFlow."""
+    off = os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off")
+    return not off and keras.backend.backend() == "tensorflow"
+
+
+def gelu_approximate(x):
+    """KerasHub's ``gelu_approximate`` (the tanh form) with a backward pass that reuses
+    the forward pass's ``tanh``.
+
+    >>> import numpy as np
+    >>> x = np.linspace(-3, 3, 7).astype("float32")
+    >>> stock = keras.activations.gelu(x, approximate=True)
+    >>> bool(np.allclose(gelu_approximate(x), stock, atol=1e-6))
+    True
+    """
+    import tensorflow as tf
+
+    return _gelu(tf.convert_to_tensor(x))
+
+
+def _gelu_impl(x):
+    import tensorflow as tf
+
+    x2 = x * x
+    t = tf.tanh(x * (_C + (_C * _A) * x2))
+    half_x = 0.5 * x
+
+    def grad(dy):
+        # d/dx [0.5 x (1 + t)] = 0.5 (1 + t) + 0.5 x (1 - t^2) C (1 + 3 A x^2)
+        return dy * (0.5 + 0.5 * t + half_x * (1.0 - t * t) * (_C + (3.0 * _C * _A) * x2))
+
+    return half_x * (1.0 + t), grad
+
+
+@functools.lru_cache(maxsize=None)
+def _gelu_with_gradient():
+    import tensorflow as tf
+
+    return tf.custom_gradient(_gelu_impl)
+
+
+def _gelu(x):
+    return _gelu_with_gradient()(x)
+
+
+@functools.lru_cache(maxsize=None)
+def _normalize(epsilon: float):
+    """``x -> (x - mean) / sqrt(var + epsilon)`` over the last axis, closed-form gradient."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def normalize(x):
+        mean = tf.reduce_mean(x, -1, keepdims=True)
+        centered = x - mean
+        inv = tf.math.rsqrt(tf.reduce_mean(tf.square(centered), -1, keepdims=True) + epsilon)
+        x_hat = centered * inv
+
+        def grad(dy):
+            return inv * (dy - tf.reduce_mean(dy, -1, keepdims=True)
+                          - x_hat * tf.reduce_mean(dy * x_hat, -1, keepdims=True))
+
+        return x_hat, grad
+
+    return normalize
+
+
+def _layer_norm_call(self, inputs):
+    import tensorflow as tf
+
+    y = _normalize(float(self.epsilon))(tf.cast(inputs, "float32"))  # float32, as Keras
+    if self.gamma is not None:
+        y = y * tf.cast(self.gamma, "float32")
+    if self.beta is not None:
+        y = y + tf.cast(self.beta, "float32")
+    return tf.cast(y, self.compute_dtype)
+
+
+def _dropout_call(self, inputs, training=False):
+    if not (training and self.rate > 0):
+        return inputs
+    import tensorflow as tf
+    from keras.src.backend.tensorflow.random import _cast_seed, draw_seed
+
+    if self.rate >= 1.0:
+        return tf.zeros_like(inputs)
+    # The seed and the draw of Keras's backend.random.dropout (stateless_dropout):
+    # the same uniform numbers in the input's dtype, kept where >= rate.
+    seed = _cast_seed(draw_seed(self.seed_generator))
+    uniform = tf.random.stateless_uniform(tf.shape(inputs), seed=seed, dtype=inputs.dtype)
+    mask = tf.cast(uniform >= self.rate, inputs.dtype) * (1.0 / (1.0 - self.rate))
+    return inputs * mask
+
+
+def _last_axis_only(layer) -> bool:
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    return list(axes) == [-1]  # KerasHub's; a positive axis is left to Keras
+
+
+def install(model) -> dict:
+    """Swap the fast forms into every matching layer of ``model`` (in place).
+
+    Returns how many layers of each kind were changed; all zeros when turned off
+    (:func:`enabled`). Calling it twice changes nothing more.
+    """
+    from keras_hub.src.utils.keras_utils import gelu_approximate as hub_gelu
+
+    counts = {"layer_norm": 0, "gelu": 0, "dropout": 0}
+    if not enabled():
+        return counts
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if getattr(layer, "_kt_fast", False):
+            continue
+        if (isinstance(layer, keras.layers.LayerNormalization) and not layer.rms_scaling
+                and _last_axis_only(layer)):
+            layer.call = types.MethodType(_layer_norm_call, layer)
+            counts["layer_norm"] += 1
+        elif isinstance(layer, keras.layers.Dense) and layer.activation is hub_gelu:
+            layer.activation = _gelu
+            counts["gelu"] += 1
+        elif isinstance(layer, keras.layers.Dropout) and layer.noise_shape is None:
+            layer.call = types.MethodType(_dropout_call, layer)
+            counts["dropout"] += 1
+        else:
+            continue
+        layer._kt_fast = True
+    return counts

@@ -1,0 +1,131 @@
+"""fast_layers: same outputs, gradients and dropout masks as Keras's layers, fewer ops."""
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+
+from kt_pipeline import encoders, fast_layers
+
+
+def _grads(layer, x, training=False, weights=True):
+    """Output and gradients (input, then trainable weights) of a weighted sum of ``layer(x)``."""
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=training)
+        y32 = tf.cast(y, "float32")
+        w = tf.sin(tf.reshape(tf.range(tf.size(y32), dtype="float32"), tf.shape(y32)))
+        loss = tf.reduce_sum(y32 * w)
+    sources = [x] + (list(layer.trainable_variables) if weights else [])
+    return y, tape.gradient(loss, sources)
+
+
+def _pair(make, x):
+    """A stock layer and a fast one with the same weights."""
+    stock, fast = make(), make()
+    stock(x), fast(x)
+    fast.set_weights(stock.get_weights())
+    return stock, fast
+
+
+def test_layer_norm_matches_keras_forward_and_gradients():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(3, 5, 16)) * 4 + 2).astype("float32")
+    stock, fast = _pair(lambda: keras.layers.LayerNormalization(epsilon=1e-12), x)
+    stock.set_weights([rng.normal(size=16).astype("float32") for _ in range(2)])
+    fast.set_weights(stock.get_weights())
+    assert fast_layers.install(fast)["layer_norm"] == 1
+    y0, g0 = _grads(stock, x)
+    y1, g1 = _grads(fast, x)
+    np.testing.assert_allclose(y1, y0, atol=1e-5)
+    for a, b in zip(g1, g0):  # input, gamma, beta
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_layer_norm_keeps_the_mixed_precision_contract():
+    x = np.random.default_rng(1).normal(size=(2, 3, 8)).astype("float32")
+    layer = keras.layers.LayerNormalization(dtype="mixed_bfloat16")
+    stock = keras.layers.LayerNormalization(dtype="mixed_bfloat16")
+    layer(x), stock(x)
+    fast_layers.install(layer)
+    xb = tf.cast(x, "bfloat16")
+    y = layer(xb)
+    assert y.dtype == tf.bfloat16  # float32 inside, the policy's compute dtype out
+    np.testing.assert_allclose(tf.cast(y, "float32"), tf.cast(stock(xb), "float32"), atol=2e-2)
+
+
+def test_gelu_dense_matches_kerashub_gelu():
+    from keras_hub.src.utils.keras_utils import gelu_approximate
+
+    x = np.random.default_rng(2).normal(size=(4, 7, 8)).astype("float32") * 3
+    stock, fast = _pair(lambda: keras.layers.Dense(12, activation=gelu_approximate), x)
+    assert fast_layers.install(fast)["gelu"] == 1
+    y0, g0 = _grads(stock, x)
+    y1, g1 = _grads(fast, x)
+    np.testing.assert_allclose(y1, y0, atol=1e-5)
+    for a, b in zip(g1, g0):  # input, kernel, bias
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_draws_keras_mask_and_passes_gradients_through_it():
+    x = np.random.default_rng(3).normal(size=(4, 9, 32)).astype("float32")
+    stock = keras.layers.Dropout(0.3, seed=7)
+    fast = keras.layers.Dropout(0.3, seed=7)
+    assert fast_layers.install(fast)["dropout"] == 1
+    for _ in range(2):  # same seed generator state, step after step
+        y0, (g0,) = _grads(stock, x, training=True, weights=False)
+        y1, (g1,) = _grads(fast, x, training=True, weights=False)
+        np.testing.assert_allclose(y1, y0, rtol=1e-6)
+        np.testing.assert_allclose(g1, g0, rtol=1e-6, atol=1e-6)
+    kept = np.mean(np.asarray(y1) != 0)
+    assert 0.6 < kept < 0.8  # rate 0.3
+    np.testing.assert_array_equal(fast(x, training=False), x)
+
+
+def test_install_on_a_backbone_matches_stock_and_cuts_gradient_ops(tiny_preset, monkeypatch):
+    monkeypatch.setenv(fast_layers.ENV, "0")
+    stock = encoders.load_backbone(tiny_preset)
+    monkeypatch.setenv(fast_layers.ENV, "1")
+    fast = encoders.load_backbone(tiny_preset)  # load_backbone installs them
+    assert all(getattr(layer, "_kt_fast", False) is False
+               for layer in stock._flatten_layers(include_self=True, recursive=True))
+    # tiny BERT: 2 layers -> 2*2+1 layer norms, 2 GELU dense, 2*3+1 dropouts
+    assert fast_layers.install(fast) == {"layer_norm": 0, "gelu": 0, "dropout": 0}  # idempotent
+    flags = [getattr(layer, "_kt_fast", False)
+             for layer in fast._flatten_layers(include_self=True, recursive=True)]
+    assert sum(flags) == 5 + 2 + 7
+
+    rng = np.random.default_rng(4)
+    inputs = {"token_ids": rng.integers(5, 40, (3, 10)).astype("int32"),
+              "padding_mask": np.array([[1] * 10, [1] * 6 + [0] * 4, [1] * 3 + [0] * 7], bool),
+              "segment_ids": np.zeros((3, 10), "int32")}
+
+    def step(model):
+        with tf.GradientTape() as tape:
+            out = model(inputs, training=False)["sequence_output"]
+            loss = tf.reduce_sum(out * tf.cos(out))
+        return out, tape.gradient(loss, model.trainable_variables)
+
+    out0, g0 = step(stock)
+    out1, g1 = step(fast)
+    np.testing.assert_allclose(out1, out0, atol=1e-4)
+    assert [a is None for a in g1] == [b is None for b in g0]  # the pooler: no gradient
+    for a, b in zip(g1, g0):
+        if a is not None:
+            np.testing.assert_allclose(tf.convert_to_tensor(a), tf.convert_to_tensor(b),
+                                       rtol=1e-3, atol=1e-4)
+
+    def n_ops(model):
+        graph = tf.function(step).get_concrete_function(model).graph
+        return len(graph.get_operations())
+
+    assert n_ops(fast) < 0.85 * n_ops(stock)
+
+
+@pytest.mark.parametrize("value", ["0", "off", "false"])
+def test_env_turns_it_off(value, monkeypatch):
+    monkeypatch.setenv(fast_layers.ENV, value)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.LayerNormalization()])
+    assert fast_layers.install(model) == {"layer_norm": 0, "gelu": 0, "dropout": 0}
