@@ -180,3 +180,65 @@ def install(model) -> dict:
             continue
         layer._kt_fast = True
     return counts
+
+
+def _cls_only_call(self, inputs, padding_mask=None, attention_mask=None, training=None,
+                   return_attention_scores=False):
+    """KerasHub ``TransformerEncoder.call`` for the first position only: keys and values
+    from every position, query, residual, feed-forward and layer norms for position 0.
+    Returns ``[batch, 1, hidden]``."""
+    from keras_hub.src.layers.modeling.transformer_layer_utils import (
+        merge_padding_and_attention_mask,
+    )
+
+    if return_attention_scores:
+        return self._kt_stock_call(inputs, padding_mask=padding_mask,
+                                   attention_mask=attention_mask, training=training,
+                                   return_attention_scores=True)
+    mask = merge_padding_and_attention_mask(inputs, padding_mask, attention_mask)
+    if mask is not None:
+        mask = mask[:, :1, :]  # [batch, 1 query, keys]
+    residual = inputs[:, :1, :]
+    x = self._self_attention_layer_norm(inputs) if self.normalize_first else inputs
+    x = self._self_attention_layer(query=x[:, :1, :], value=x, attention_mask=mask,
+                                   training=training)
+    x = self._self_attention_dropout(x, training=training) + residual
+    if not self.normalize_first:
+        x = self._self_attention_layer_norm(x)
+    residual = x
+    if self.normalize_first:
+        x = self._feedforward_layer_norm(x)
+    x = self._feedforward_output_dense(self._feedforward_intermediate_dense(x))
+    x = self._feedforward_dropout(x, training=training) + residual
+    if not self.normalize_first:
+        x = self._feedforward_layer_norm(x)
+    return x
+
+
+def install_cls_only(backbone) -> bool:
+    """Make the backbone's last transformer layer compute position 0 only.
+
+    For a classifier that reads the first token's vector (``pooling="cls"``), the last
+    layer's other positions are computed and thrown away; their keys and values are
+    all it needs from them. With this, the last layer's query, attention output,
+    feed-forward block and layer norms run for one position instead of all, and its
+    ``sequence_output`` is ``[batch, 1, hidden]`` (the first position, unchanged:
+    ``tests/test_fast_layers.py``). MiniLM has 6 layers, so that is about a sixth of
+    a step's matrix products. Only for KerasHub backbones whose last layer is one
+    ``TransformerEncoder`` called once (BERT, RoBERTa, XLM-R, DistilBERT; not ALBERT,
+    which shares layers); returns whether it was installed. Off with
+    ``KT_PIPELINE_FAST_LAYERS=0``.
+    """
+    if not enabled():
+        return False
+    from keras_hub.layers import TransformerEncoder
+
+    layers = list(getattr(backbone, "transformer_layers", None) or [])
+    last = layers[-1] if layers else None
+    if not isinstance(last, TransformerEncoder) or len(getattr(last, "_inbound_nodes", [])) != 1:
+        return False
+    if not getattr(last, "_kt_cls_only", False):
+        last._kt_stock_call = last.call
+        last.call = types.MethodType(_cls_only_call, last)
+        last._kt_cls_only = True
+    return True

@@ -25,6 +25,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
+from kt_pipeline import fast_layers  # noqa: E402
 from kt_pipeline.errors import ConfigError, KtError  # noqa: E402
 
 POOLINGS = ("cls", "mean")
@@ -143,6 +144,8 @@ def build_classifier(
     if freeze_body:
         _disable_dropout(backbone)
     _freeze_unused_pooler(backbone)
+    if pooling == "cls":  # only the first position of the last layer is read
+        fast_layers.install_cls_only(backbone)
 
     token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     padding_mask = keras.Input(shape=(None,), dtype="bool", name="padding_mask")

@@ -129,3 +129,44 @@ def test_env_turns_it_off(value, monkeypatch):
     monkeypatch.setenv(fast_layers.ENV, value)
     model = keras.Sequential([keras.Input((3,)), keras.layers.LayerNormalization()])
     assert fast_layers.install(model) == {"layer_norm": 0, "gelu": 0, "dropout": 0}
+
+
+def test_cls_classifier_computes_only_the_first_position_of_the_last_layer(
+        tiny_preset, monkeypatch):
+    from kt_pipeline import models
+
+    monkeypatch.setenv(fast_layers.ENV, "0")
+    stock = models.build_classifier(encoders.load_backbone(tiny_preset), 3, "cls")
+    monkeypatch.setenv(fast_layers.ENV, "1")
+    backbone = encoders.load_backbone(tiny_preset)
+    fast = models.build_classifier(backbone, 3, "cls")
+    fast.set_weights(stock.get_weights())
+    assert backbone.transformer_layers[-1]._kt_cls_only
+    assert not any(getattr(layer, "_kt_cls_only", False) for layer in backbone.transformer_layers[:-1])
+    rng = np.random.default_rng(5)
+    inputs = {"token_ids": rng.integers(5, 40, (3, 9)).astype("int32"),
+              "padding_mask": np.array([[1] * 9, [1] * 5 + [0] * 4, [1] * 2 + [0] * 7], bool)}
+    full = backbone({**inputs, "segment_ids": np.zeros((3, 9), "int32")})["sequence_output"]
+    assert full.shape == (3, 1, 32)  # the last layer ran for position 0 only
+
+    def step(model):
+        with tf.GradientTape() as tape:
+            logits = model(inputs, training=False)
+            loss = tf.reduce_sum(logits * tf.constant([1.0, -2.0, 3.0]))
+        return logits, tape.gradient(loss, model.trainable_variables)
+
+    y0, g0 = step(stock)
+    y1, g1 = step(fast)
+    np.testing.assert_allclose(y1, y0, atol=1e-5)
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(tf.convert_to_tensor(a), tf.convert_to_tensor(b),
+                                   rtol=1e-3, atol=1e-5)
+    assert fast(inputs, training=True).shape == (3, 3)
+
+
+def test_mean_pooling_keeps_every_position(tiny_preset):
+    from kt_pipeline import models
+
+    backbone = encoders.load_backbone(tiny_preset)
+    models.build_classifier(backbone, 2, "mean")
+    assert not getattr(backbone.transformer_layers[-1], "_kt_cls_only", False)
