@@ -30,18 +30,23 @@ def _pair(make, x):
     return stock, fast
 
 
+def _assert_same(stock, fast, x, kind):
+    """Install on ``fast`` (one layer of ``kind``); outputs and gradients match ``stock``."""
+    assert fast_layers.install(fast)[kind] == 1
+    y0, g0 = _grads(stock, x)
+    y1, g1 = _grads(fast, x)
+    np.testing.assert_allclose(y1, y0, atol=1e-5)
+    for a, b in zip(g1, g0):  # input, then the weights
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_layer_norm_matches_keras_forward_and_gradients():
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(3, 5, 16)) * 4 + 2).astype("float32")
     stock, fast = _pair(lambda: keras.layers.LayerNormalization(epsilon=1e-12), x)
     stock.set_weights([rng.normal(size=16).astype("float32") for _ in range(2)])
     fast.set_weights(stock.get_weights())
-    assert fast_layers.install(fast)["layer_norm"] == 1
-    y0, g0 = _grads(stock, x)
-    y1, g1 = _grads(fast, x)
-    np.testing.assert_allclose(y1, y0, atol=1e-5)
-    for a, b in zip(g1, g0):  # input, gamma, beta
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    _assert_same(stock, fast, x, "layer_norm")
 
 
 def test_layer_norm_keeps_the_mixed_precision_contract():
@@ -61,12 +66,7 @@ def test_gelu_dense_matches_kerashub_gelu():
 
     x = np.random.default_rng(2).normal(size=(4, 7, 8)).astype("float32") * 3
     stock, fast = _pair(lambda: keras.layers.Dense(12, activation=gelu_approximate), x)
-    assert fast_layers.install(fast)["gelu"] == 1
-    y0, g0 = _grads(stock, x)
-    y1, g1 = _grads(fast, x)
-    np.testing.assert_allclose(y1, y0, atol=1e-5)
-    for a, b in zip(g1, g0):  # input, kernel, bias
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    _assert_same(stock, fast, x, "gelu")
 
 
 def test_dropout_draws_keras_mask_and_passes_gradients_through_it():
@@ -142,7 +142,8 @@ def test_cls_classifier_computes_only_the_first_position_of_the_last_layer(
     fast = models.build_classifier(backbone, 3, "cls")
     fast.set_weights(stock.get_weights())
     assert backbone.transformer_layers[-1]._kt_cls_only
-    assert not any(getattr(layer, "_kt_cls_only", False) for layer in backbone.transformer_layers[:-1])
+    assert not any(getattr(layer, "_kt_cls_only", False)
+                   for layer in backbone.transformer_layers[:-1])
     rng = np.random.default_rng(5)
     inputs = {"token_ids": rng.integers(5, 40, (3, 9)).astype("int32"),
               "padding_mask": np.array([[1] * 9, [1] * 5 + [0] * 4, [1] * 2 + [0] * 7], bool)}
