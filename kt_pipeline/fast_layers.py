@@ -242,3 +242,11 @@ def install_cls_only(backbone) -> bool:
         last.call = types.MethodType(_cls_only_call, last)
         last._kt_cls_only = True
     return True
+
+
+def remove_cls_only(backbone) -> None:
+    """Undo :func:`install_cls_only` (for a backbone reused under another pooling)."""
+    for layer in list(getattr(backbone, "transformer_layers", None) or [])[-1:]:
+        if getattr(layer, "_kt_cls_only", False):
+            layer.call = layer._kt_stock_call
+            layer._kt_cls_only = False

@@ -146,6 +146,8 @@ def build_classifier(
     _freeze_unused_pooler(backbone)
     if pooling == "cls":  # only the first position of the last layer is read
         fast_layers.install_cls_only(backbone)
+    else:  # a backbone reused from a CLS classifier computes every position again
+        fast_layers.remove_cls_only(backbone)
 
     token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     padding_mask = keras.Input(shape=(None,), dtype="bool", name="padding_mask")

@@ -169,5 +169,10 @@ def test_mean_pooling_keeps_every_position(tiny_preset):
     from kt_pipeline import models
 
     backbone = encoders.load_backbone(tiny_preset)
-    models.build_classifier(backbone, 2, "mean")
-    assert not getattr(backbone.transformer_layers[-1], "_kt_cls_only", False)
+    models.build_classifier(backbone, 2, "cls")
+    assert backbone.transformer_layers[-1]._kt_cls_only
+    models.build_classifier(backbone, 2, "mean")  # the same backbone, reused
+    assert not backbone.transformer_layers[-1]._kt_cls_only
+    inputs = {"token_ids": np.arange(5, 23, dtype="int32").reshape(2, 9),
+              "padding_mask": np.ones((2, 9), bool), "segment_ids": np.zeros((2, 9), "int32")}
+    assert backbone(inputs)["sequence_output"].shape == (2, 9, 32)
