@@ -1,11 +1,11 @@
 """Fewer, larger TensorFlow ops for a backbone's layer norms, GELUs and dropouts.
 
-On the CPU a BERT training step spends about a fifth of its time outside the matrix
-products, in element-wise ops that each make a pass over an activation tensor. Keras
-writes layer normalization, the tanh GELU and dropout as chains of small ops, and
-TensorFlow's autodiff differentiates each op of the chain. :func:`install` swaps in
-the same arithmetic with hand-written gradients, without touching the weights,
-the layer classes or what gets saved:
+On the CPU about a quarter of a BERT training step's op time goes to element-wise ops
+outside the matrix products, each a pass over an activation tensor. Keras writes layer
+normalization, the tanh GELU and dropout as chains of small ops, and TensorFlow's
+autodiff differentiates each op of the chain. :func:`install` swaps in the same
+arithmetic with hand-written gradients, without touching the weights, the layer
+classes or what gets saved:
 
 - ``LayerNormalization`` (over the last axis, not RMS): the normalized tensor's
   gradient is the closed form ``inv * (dy - mean(dy) - x_hat * mean(dy * x_hat))``
@@ -17,11 +17,14 @@ the layer classes or what gets saved:
   backward, instead of multiply-then-select. The mask is drawn from the same seed
   with the same comparison as Keras's ``stateless_dropout``, so it is the same mask.
 
-Outputs and gradients match the stock layers to float32 rounding
-(``tests/test_fast_layers.py``). On MiniLM (SST-2 batches, 2-core CPU) a training
-step is 11-13% faster (BENCHMARKS.md, section 3, stop 15). Only the TensorFlow
-backend is changed; ``KT_PIPELINE_FAST_LAYERS=0`` turns it off (for comparisons).
-A reloaded ``.keras`` model has stock layers, with the same arithmetic.
+:func:`install_cls_only` (for a classifier that reads the first position only) runs
+the last transformer layer for that position. Outputs and gradients match the stock
+layers to float32 rounding (``tests/test_fast_layers.py``). On MiniLM (2-core CPU,
+batches of 13 and 24 tokens) a training step is about 1.07x faster with
+:func:`install` and 1.14-1.17x with both (``bench/layers_ab.py``; BENCHMARKS.md,
+section 3, stop 15). Only the TensorFlow backend is changed;
+``KT_PIPELINE_FAST_LAYERS=0`` turns both off. A reloaded ``.keras`` model has stock
+layers, with the same arithmetic.
 
 Example:
 
