@@ -54,7 +54,7 @@ def _write_tsv(rows, path):
 
 # ---------------------------------------------------------------- ours (Keras / TF)
 def ours_setup(d, lr, total_steps, warmup, a):
-    from kt_pipeline import cache, encoders, models, optim, strategy, training
+    from kt_pipeline import cache, encoders, training
 
     tok = encoders.load_tokenizer(None)
     caches = {}
@@ -68,18 +68,30 @@ def ours_setup(d, lr, total_steps, warmup, a):
 
     keras.utils.set_random_seed(0)  # the peer seeds torch the same way
     training.set_precision(bool(a.mixed_precision))  # as `kt-pipeline train --mixed-precision`
-    # Built under the strategy `kt-pipeline train` picks (CPU here), as the product does:
-    # Keras then builds the optimizer before tracing the train step, not inside it.
+    model = ours_model(lr, warmup, total_steps, a.pooling, fused=not a.plain_adamw,
+                       jit_compile=a.jit_compile, one_device=a.one_device)
+    return model, caches
+
+
+def ours_model(lr, warmup, total_steps, pooling="cls", fused=True, jit_compile=False,
+               one_device=False):
+    """MiniLM classifier compiled as `kt-pipeline train` compiles it.
+
+    Built under the strategy `kt-pipeline train` picks (CPU here), as the product does:
+    Keras then builds the optimizer before tracing the train step, not inside it.
+    """
+    from kt_pipeline import encoders, models, optim, strategy, training
+
     chosen = strategy.make_strategy("auto", verbose=False).strategy
-    if a.one_device:
+    if one_device:
         import tensorflow as tf
 
         chosen = tf.distribute.OneDeviceStrategy("/cpu:0")
     with chosen.scope():
-        model = models.build_classifier(encoders.load_backbone(None), 2, a.pooling, dropout=0.1)
-        opt = optim.build_optimizer(lr, warmup, total_steps, fused=not a.plain_adamw)
-        training.compile_classifier(model, opt, a.jit_compile)
-    return model, caches
+        model = models.build_classifier(encoders.load_backbone(None), 2, pooling, dropout=0.1)
+        opt = optim.build_optimizer(lr, warmup, total_steps, fused=fused)
+        training.compile_classifier(model, opt, jit_compile)
+    return model
 
 
 def ours_data(cache_dir, padding, a, repeat=True, shuffle=True):

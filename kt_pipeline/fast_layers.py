@@ -72,9 +72,7 @@ def gelu_approximate(x):
     >>> bool(np.allclose(gelu_approximate(x), stock, atol=1e-6))
     True
     """
-    import tensorflow as tf
-
-    return _gelu(tf.convert_to_tensor(x))
+    return _gelu_with_gradient()(x)
 
 
 def _gelu_impl(x):
@@ -96,10 +94,6 @@ def _gelu_with_gradient():
     import tensorflow as tf
 
     return tf.custom_gradient(_gelu_impl)
-
-
-def _gelu(x):
-    return _gelu_with_gradient()(x)
 
 
 @functools.lru_cache(maxsize=None)
@@ -174,7 +168,7 @@ def install(model) -> dict:
             layer.call = types.MethodType(_layer_norm_call, layer)
             counts["layer_norm"] += 1
         elif isinstance(layer, keras.layers.Dense) and layer.activation is hub_gelu:
-            layer.activation = _gelu
+            layer.activation = gelu_approximate
             counts["gelu"] += 1
         elif isinstance(layer, keras.layers.Dropout) and layer.noise_shape is None:
             layer.call = types.MethodType(_dropout_call, layer)
@@ -218,6 +212,13 @@ def _cls_only_call(self, inputs, padding_mask=None, attention_mask=None, trainin
     return x
 
 
+def _last_transformer_layer(backbone):
+    """The last entry of a KerasHub backbone's ``transformer_layers`` (None if it has none;
+    a list of layers for ALBERT's groups)."""
+    layers = getattr(backbone, "transformer_layers", None) or []
+    return layers[-1] if layers else None
+
+
 def install_cls_only(backbone) -> bool:
     """Make the backbone's last transformer layer compute position 0 only.
 
@@ -236,8 +237,7 @@ def install_cls_only(backbone) -> bool:
         return False
     from keras_hub.layers import TransformerEncoder
 
-    layers = list(getattr(backbone, "transformer_layers", None) or [])
-    last = layers[-1] if layers else None
+    last = _last_transformer_layer(backbone)
     if not isinstance(last, TransformerEncoder) or len(getattr(last, "_inbound_nodes", [])) != 1:
         return False
     if not getattr(last, "_kt_cls_only", False):
@@ -249,7 +249,7 @@ def install_cls_only(backbone) -> bool:
 
 def remove_cls_only(backbone) -> None:
     """Undo :func:`install_cls_only` (for a backbone reused under another pooling)."""
-    for layer in list(getattr(backbone, "transformer_layers", None) or [])[-1:]:
-        if getattr(layer, "_kt_cls_only", False):
-            layer.call = layer._kt_stock_call
-            layer._kt_cls_only = False
+    last = _last_transformer_layer(backbone)
+    if getattr(last, "_kt_cls_only", False):
+        last.call = last._kt_stock_call
+        last._kt_cls_only = False

@@ -104,8 +104,8 @@ class FusedAdamW(keras.optimizers.AdamW):
     Without a distribution strategy, the weight decay and the kernel run in one loop
     over the variables with the learning rate and Adam's scalars computed once (Keras
     evaluates the schedule again for each decayed variable): a 20-variable update
-    traces 264 ops instead of 743, which makes the first step's trace shorter. Variables, slots
-    and checkpoints are AdamW's. Under a distribution strategy with mirrored or TPU
+    traces 266 ops instead of 743, which makes the first step's trace shorter.
+    Variables, slots and checkpoints are AdamW's. Under a distribution strategy with mirrored or TPU
     variables, with ``amsgrad``, or on another backend, it is plain AdamW.
 
     Example:
@@ -207,7 +207,7 @@ class FusedAdamW(keras.optimizers.AdamW):
 
         Keras evaluates the learning-rate schedule again for every decayed variable and
         builds the Adam scalars per variable (1,593 ops a step for MiniLM, 1,388 of
-        them under 20 µs); a 20-variable update traces 264 ops here against 743. The
+        them under 20 µs); a 20-variable update traces 266 ops here against 743. The
         decay is Keras's ``var -= var * (lr * weight_decay)`` written as
         ``var.assign(var * (1 - lr * weight_decay))``: ``AssignVariableOp`` takes over
         the product's buffer, so the decay reads and writes the variable once
@@ -225,9 +225,7 @@ class FusedAdamW(keras.optimizers.AdamW):
                 keeps[var.dtype] = 1.0 - scalars[var.dtype]["lr"] * tf.cast(
                     float(self.weight_decay or 0.0), var.dtype)
             if self.weight_decay and self._use_weight_decay(var):  # as Keras: the tf.Variable
-                # `assign` takes over the product's buffer: one pass over the variable
-                # fewer than `assign_sub(var * lr * wd)`, which reads it twice more.
-                var.assign(var * keeps[var.dtype])
+                var.assign(var * keeps[var.dtype])  # one pass: see the docstring
             self._apply_adam(variable, grad, scalars[var.dtype])
 
     def update_step(self, gradient, variable, learning_rate):
