@@ -151,13 +151,20 @@ def _train(fused, steps=12):
     return model, opt, emb_grad
 
 
-def test_fused_adamw_matches_keras_adamw():
+@pytest.mark.parametrize("table_min_rows", [optim.FusedAdamW.table_min_rows, 16],
+                         ids=["dense-embedding", "table-update"])
+def test_fused_adamw_matches_keras_adamw(table_min_rows, monkeypatch):
     """Same weights and slots after a warmup/decay run with weight decay, clipping and
     an embedding (sparse, IndexedSlices, repeated rows) gradient. The reference is
     Keras's AdamW given the dense gradients: given IndexedSlices, Keras takes the
     clipping norm over the rows as they come, so a token seen twice in a batch counts
-    as two rows, not one row with the summed gradient."""
+    as two rows, not one row with the summed gradient. With ``table_min_rows`` under
+    the embedding's 50 rows, the embedding takes ``_apply_adam_table`` (a zero-gradient
+    pass over the whole table, then its touched rows written back); 12 steps of 8x5
+    tokens leave some rows untouched for several steps in a row."""
     import tensorflow as tf
+
+    monkeypatch.setattr(optim.FusedAdamW, "table_min_rows", table_min_rows)
 
     fused, fused_opt, emb_grad = _train(True)
     plain, plain_opt, _ = _train(False)
