@@ -54,7 +54,21 @@ def _write_tsv(rows, path):
 
 # ---------------------------------------------------------------- ours (Keras / TF)
 def ours_setup(d, lr, total_steps, warmup, a):
-    from kt_pipeline import cache, encoders, training
+    import keras
+
+    from kt_pipeline import training
+
+    caches = ours_caches(d)
+    keras.utils.set_random_seed(0)  # the peer seeds torch the same way
+    training.set_precision(bool(a.mixed_precision))  # as `kt-pipeline train --mixed-precision`
+    model = ours_model(lr, warmup, total_steps, a.pooling, fused=not a.plain_adamw,
+                       jit_compile=a.jit_compile, one_device=a.one_device)
+    return model, caches
+
+
+def ours_caches(d):
+    """The train and validation caches of the benchmark's SST-2 rows, built under ``d``."""
+    from kt_pipeline import cache, encoders
 
     tok = encoders.load_tokenizer(None)
     caches = {}
@@ -64,13 +78,7 @@ def ours_setup(d, lr, total_steps, warmup, a):
         caches[name] = os.path.join(d, name)
         cache.build_cache(src, caches[name], text_col="sentence", label_col="label",
                           tokenizer=tok, ratios=(1.0, 0.0, 0.0), progress=False)
-    import keras
-
-    keras.utils.set_random_seed(0)  # the peer seeds torch the same way
-    training.set_precision(bool(a.mixed_precision))  # as `kt-pipeline train --mixed-precision`
-    model = ours_model(lr, warmup, total_steps, a.pooling, fused=not a.plain_adamw,
-                       jit_compile=a.jit_compile, one_device=a.one_device)
-    return model, caches
+    return caches
 
 
 def ours_model(lr, warmup, total_steps, pooling="cls", fused=True, jit_compile=False,

@@ -53,14 +53,15 @@ def main():
     require_sst2()
 
     import cpu_train as ct
+    import keras
     from kt_pipeline.config import TrainConfig
 
-    cfg = TrainConfig()
-    opts = SimpleNamespace(mixed_precision=False, one_device=False, plain_adamw=False,
-                           bucket_sizes=None, static_buckets=False, pooling=cfg.pooling,
+    cfg = TrainConfig()  # the reader's settings as `kt-pipeline train` has them
+    opts = SimpleNamespace(bucket_sizes=None, static_buckets=False, pooling=cfg.pooling,
                            jit_compile=cfg.jit_compile)
     with tempfile.TemporaryDirectory() as d:
-        _, caches = ct.ours_setup(d, 5e-5, 10_000, 100, opts)
+        caches = ct.ours_caches(d)
+        keras.utils.set_random_seed(0)  # as cpu_train.ours_setup
         steps, iters = {}, {}
         for side in ("off", "on"):
             model = _build(a.switch, side == "on", opts)
