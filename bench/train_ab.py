@@ -2,28 +2,33 @@
 
     python bench/train_ab.py --switch table --steps 300       # the embedding-table update
     python bench/train_ab.py --switch fast_layers --steps 300
+    python bench/train_ab.py --switch allocator --steps 300   # TF's pooling CPU allocator
     python bench/train_ab.py --switch none --steps 300        # control: both sides equal
 
 Two MiniLM classifiers as `kt-pipeline train` builds them (CLS pooling, `FusedAdamW`,
 bucketed SST-2 batches at max_seq_length 128, batch 32), one with the switch off and one
-with it on, each reading its own copy of the same shuffled batch sequence. They take
-turns one step at a time (the first to go alternates), so both see every batch width
-and every phase of this machine's drifting speed; each step is timed to its loss being
-read. Prints the median ms per step of each, the median and quartiles of the per-batch
-ratio off/on (> 1: the switch makes training faster) and the ratio of the summed times.
-With `--switch none` the two sides are identical: its spread is the resolution.
-Windowed A/Bs (`layers_ab.py`) spread 0.86-1.17 per 25-step window on this machine;
-this one resolves about 1% with 300 steps.
+with it on, each in its own process (so process-wide settings can differ too) reading
+its own copy of the same shuffled batch sequence. They take turns one step at a time,
+the waiting one blocked on its pipe; the first to go alternates, so both see every batch
+width and every phase of this machine's drifting speed. Each step is timed to its loss
+being read. Prints the median ms per step of each, the median and quartiles of the
+per-batch ratio off/on (> 1: the switch makes training faster) and the ratio of the
+summed times. With `--switch none` the two sides are identical: its spread is the
+resolution. Windowed A/Bs (`layers_ab.py`) spread 0.86-1.17 per 25-step window on this
+machine kind; this one resolves about 1% with 300 steps.
 
 Switches: `table`: `FusedAdamW.table_min_rows` (off: the word embedding's update made
 dense at the end of the step); `fast_layers`: `KT_PIPELINE_FAST_LAYERS` (off: KerasHub's
-stock layer norm, GELU, dropout and full last layer).
+stock layer norm, GELU, dropout and full last layer); `allocator`:
+`TF_CPU_ALLOCATOR_USE_BFC` (off: TensorFlow's default CPU allocator, malloc per tensor).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from types import SimpleNamespace
@@ -32,26 +37,13 @@ from common import emit, median, require_sst2
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-
-def _build(switch: str, on: bool, opts):
-    """A classifier with ``switch`` off or on (``none``: as built)."""
-    import cpu_train as ct
-    from kt_pipeline import fast_layers
-
-    os.environ[fast_layers.ENV] = "0" if switch == "fast_layers" and not on else "1"
-    model = ct.ours_model(5e-5, 100, 10_000, opts.pooling)  # reads the variable here
-    if switch == "table" and not on:
-        model.optimizer.table_min_rows = 1 << 62  # read when the step is traced
-    return model
+# The environment of the side with the switch off (the "on" side runs with the defaults).
+OFF_ENV = {"fast_layers": {"KT_PIPELINE_FAST_LAYERS": "0"},
+           "allocator": {"TF_CPU_ALLOCATOR_USE_BFC": "false"}}
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--switch", choices=["table", "fast_layers", "none"], required=True)
-    p.add_argument("--steps", type=int, default=300, help="timed steps of each side")
-    a = p.parse_args()
-    require_sst2()
-
+def _child(switch: str, side: str, cache_dir: str):
+    """One side: build, trace and warm up, then run one step per "step" line on stdin."""
     import cpu_train as ct
     import keras
     from kt_pipeline.config import TrainConfig
@@ -59,25 +51,63 @@ def main():
     cfg = TrainConfig()  # the reader's settings as `kt-pipeline train` has them
     opts = SimpleNamespace(bucket_sizes=None, static_buckets=False, pooling=cfg.pooling,
                            jit_compile=cfg.jit_compile)
+    keras.utils.set_random_seed(0)  # as cpu_train.ours_setup: both sides get the same batches
+    model = ct.ours_model(5e-5, 100, 10_000, opts.pooling)
+    if switch == "table" and side == "off":
+        model.optimizer.table_min_rows = 1 << 62  # read when the step is traced
+    ds = ct.ours_data(cache_dir, "bucket", opts)
+    model.fit(ds, steps_per_epoch=10, epochs=1, verbose=0)  # build and trace now
+    batches, step = iter(ds), model.make_train_function()
+    for _ in range(5):  # warm up
+        float(step(batches)["loss"])
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        t = time.perf_counter()
+        float(step(batches)["loss"])
+        print(1000 * (time.perf_counter() - t), flush=True)
+
+
+def _spawn(switch: str, side: str, cache_dir: str) -> subprocess.Popen:
+    env = dict(os.environ, **(OFF_ENV.get(switch, {}) if side == "off" else {}))
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--switch", switch, "--child", side, "--cache", cache_dir],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+    for line in proc.stdout:  # anything a library prints to stdout before "ready" is skipped
+        if line.strip() == "ready":
+            return proc
+    sys.exit(f"the {side} side failed to start (its error is above)")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--switch", choices=["table", "fast_layers", "allocator", "none"],
+                   required=True)
+    p.add_argument("--steps", type=int, default=300, help="timed steps of each side")
+    p.add_argument("--child", choices=["off", "on"], help=argparse.SUPPRESS)
+    p.add_argument("--cache", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        return _child(a.switch, a.child, a.cache)
+    require_sst2()
+
+    import cpu_train as ct
+
     with tempfile.TemporaryDirectory() as d:
-        caches = ct.ours_caches(d)
-        keras.utils.set_random_seed(0)  # as cpu_train.ours_setup
-        steps, iters = {}, {}
-        for side in ("off", "on"):
-            model = _build(a.switch, side == "on", opts)
-            ds = ct.ours_data(caches["train"], "bucket", opts)
-            model.fit(ds, steps_per_epoch=10, epochs=1, verbose=0)  # build and trace now
-            iters[side] = iter(ds)  # same seed: both sides get the same batches
-            steps[side] = model.make_train_function()
-        for side in steps:  # warm up
-            for _ in range(5):
-                float(steps[side](iters[side])["loss"])
+        cache_dir = ct.ours_caches(d)["train"]
+        sides = {}
+        for side in ("off", "on"):  # one at a time: start-up is not what is timed
+            sides[side] = _spawn(a.switch, side, cache_dir)
         ms = {"off": [], "on": []}
         for i in range(a.steps):
             for side in (("off", "on") if i % 2 == 0 else ("on", "off")):
-                t = time.perf_counter()
-                float(steps[side](iters[side])["loss"])
-                ms[side].append(1000 * (time.perf_counter() - t))
+                sides[side].stdin.write("step\n")
+                sides[side].stdin.flush()
+                ms[side].append(float(sides[side].stdout.readline()))
+        for proc in sides.values():
+            proc.stdin.close()
+            proc.wait()
     ratios = sorted(x / y for x, y in zip(ms["off"], ms["on"]))
     q = len(ratios) // 4
     emit(benchmark="train_ab", switch=a.switch, steps=a.steps,
