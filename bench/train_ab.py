@@ -104,7 +104,10 @@ def main():
             for side in (("off", "on") if i % 2 == 0 else ("on", "off")):
                 sides[side].stdin.write("step\n")
                 sides[side].stdin.flush()
-                ms[side].append(float(sides[side].stdout.readline()))
+                reply = sides[side].stdout.readline()
+                if not reply:
+                    sys.exit(f"the {side} side stopped at step {i} (its error is above)")
+                ms[side].append(float(reply))
         for proc in sides.values():
             proc.stdin.close()
             proc.wait()
