@@ -13,7 +13,7 @@ resource = pytest.importorskip("resource")  # getrusage's fault counts: Linux an
 # Allocate and free a 48 MB tensor (the size of MiniLM's word embedding) 10 times after a first
 # round, and print the minor page faults per round.
 _PROBE = """
-import resource, sys
+import resource
 {setup}
 import tensorflow as tf
 def once():
