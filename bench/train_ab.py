@@ -37,9 +37,10 @@ from common import emit, median, require_sst2
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-# The environment of the side with the switch off (the "on" side runs with the defaults).
-OFF_ENV = {"fast_layers": {"KT_PIPELINE_FAST_LAYERS": "0"},
-           "allocator": {"TF_CPU_ALLOCATOR_USE_BFC": "false"}}
+# The switches set in the environment: variable, its value off, its value on. Both sides
+# set it, so a value in the caller's shell cannot turn the "on" side off too.
+SWITCH_ENV = {"fast_layers": ("KT_PIPELINE_FAST_LAYERS", "0", "1"),
+              "allocator": ("TF_CPU_ALLOCATOR_USE_BFC", "false", "true")}
 
 
 def _child(switch: str, side: str, cache_dir: str):
@@ -70,7 +71,10 @@ def _child(switch: str, side: str, cache_dir: str):
 
 
 def _spawn(switch: str, side: str, cache_dir: str) -> subprocess.Popen:
-    env = dict(os.environ, **(OFF_ENV.get(switch, {}) if side == "off" else {}))
+    env = dict(os.environ)
+    if switch in SWITCH_ENV:
+        name, off, on = SWITCH_ENV[switch]
+        env[name] = off if side == "off" else on
     proc = subprocess.Popen(
         [sys.executable, __file__, "--switch", switch, "--child", side, "--cache", cache_dir],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
