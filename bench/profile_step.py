@@ -21,6 +21,7 @@ import argparse
 import collections
 import glob
 import re
+import sys
 import tempfile
 import time
 from types import SimpleNamespace
@@ -91,8 +92,10 @@ def main():
             float(step(batches)["loss"])
         wall_ms = 1000 * (time.perf_counter() - t) / a.steps
         tf.profiler.experimental.stop()
-        by_type, by_name, count = op_times(
-            glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], a.steps)
+        traces = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
+        if not traces:
+            sys.exit(f"TensorFlow's profiler wrote no trace under {logdir}")
+        by_type, by_name, count = op_times(traces[0], a.steps)
 
     total = sum(by_type.values())
     print(f"{a.steps} steps: {wall_ms:.1f} ms a step (wall, profiled), "
