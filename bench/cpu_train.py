@@ -115,6 +115,33 @@ def ours_data(cache_dir, padding, a, repeat=True, shuffle=True):
                                static_buckets=static)
 
 
+def ours_train_step(cache_dir, configure=None):
+    """The product's classifier on bucketed batches of ``cache_dir``, built, traced and
+    ready: returns ``step()``, which runs one training step and returns its loss.
+
+    As `kt-pipeline train` sets it up (the reader's and pooling defaults of `TrainConfig`),
+    seeded so that every caller gets the same weights and batches. ``configure(model)``
+    runs before the step is traced (for settings read at trace time).
+    """
+    from types import SimpleNamespace
+
+    import keras
+
+    from kt_pipeline.config import TrainConfig
+
+    cfg = TrainConfig()
+    opts = SimpleNamespace(bucket_sizes=None, static_buckets=False, pooling=cfg.pooling,
+                           jit_compile=cfg.jit_compile)
+    keras.utils.set_random_seed(0)  # as ours_setup
+    model = ours_model(5e-5, 100, 10_000, opts.pooling)
+    if configure is not None:
+        configure(model)
+    ds = ours_data(cache_dir, "bucket", opts)
+    model.fit(ds, steps_per_epoch=10, epochs=1, verbose=0)  # build and trace now
+    batches, train_function = iter(ds), model.make_train_function()
+    return lambda: float(train_function(batches)["loss"])
+
+
 def ours_throughput(a):
     with tempfile.TemporaryDirectory() as d:
         model, caches = ours_setup(d, 5e-5, 10_000, 100, a)

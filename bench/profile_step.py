@@ -24,7 +24,6 @@ import re
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
 from common import emit, require_sst2
 
@@ -52,10 +51,10 @@ def op_times(xplane_path: str, steps: int) -> tuple[dict, dict, dict]:
                 name = plane.event_metadata[event.metadata_id].name
                 if ":" not in name or "::" in name:  # the executor's own spans
                     continue
-                ms = event.duration_ps / 1e9 / steps
-                by_type[name.rsplit(":", 1)[1]] += ms
+                ms, op_type = event.duration_ps / 1e9 / steps, name.rsplit(":", 1)[1]
+                by_type[op_type] += ms
                 by_name[SUFFIX.sub("", LAYER.sub("_layer_N", name))] += ms
-                count[name.rsplit(":", 1)[1]] += 1 / steps
+                count[op_type] += 1 / steps
     return by_type, by_name, count
 
 
@@ -69,27 +68,17 @@ def main():
     require_sst2()
 
     import cpu_train as ct
-    import keras
     import tensorflow as tf
 
-    from kt_pipeline.config import TrainConfig
-
-    cfg = TrainConfig()
-    opts = SimpleNamespace(bucket_sizes=None, static_buckets=False, pooling=cfg.pooling,
-                           jit_compile=cfg.jit_compile)
     with tempfile.TemporaryDirectory() as d:
-        keras.utils.set_random_seed(0)
-        model = ct.ours_model(5e-5, 100, 10_000, opts.pooling)
-        ds = ct.ours_data(ct.ours_caches(d)["train"], "bucket", opts)
-        model.fit(ds, steps_per_epoch=10, epochs=1, verbose=0)  # build and trace
-        batches, step = iter(ds), model.make_train_function()
+        step = ct.ours_train_step(ct.ours_caches(d)["train"])
         for _ in range(a.warmup):
-            float(step(batches)["loss"])
+            step()
         logdir = f"{d}/profile"
         tf.profiler.experimental.start(logdir)
         t = time.perf_counter()
         for _ in range(a.steps):
-            float(step(batches)["loss"])
+            step()
         wall_ms = 1000 * (time.perf_counter() - t) / a.steps
         tf.profiler.experimental.stop()
         traces = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)

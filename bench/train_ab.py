@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
 from common import emit, median, require_sst2
 
@@ -46,27 +45,20 @@ SWITCH_ENV = {"fast_layers": ("KT_PIPELINE_FAST_LAYERS", "0", "1"),
 def _child(switch: str, side: str, cache_dir: str):
     """One side: build, trace and warm up, then run one step per "step" line on stdin."""
     import cpu_train as ct
-    import keras
-    from kt_pipeline.config import TrainConfig
 
-    cfg = TrainConfig()  # the reader's settings as `kt-pipeline train` has them
-    opts = SimpleNamespace(bucket_sizes=None, static_buckets=False, pooling=cfg.pooling,
-                           jit_compile=cfg.jit_compile)
-    keras.utils.set_random_seed(0)  # as cpu_train.ours_setup: both sides get the same batches
-    model = ct.ours_model(5e-5, 100, 10_000, opts.pooling)
-    if switch == "table" and side == "off":
-        model.optimizer.table_min_rows = 1 << 62  # read when the step is traced
-    ds = ct.ours_data(cache_dir, "bucket", opts)
-    model.fit(ds, steps_per_epoch=10, epochs=1, verbose=0)  # build and trace now
-    batches, step = iter(ds), model.make_train_function()
+    def configure(model):
+        if switch == "table" and side == "off":
+            model.optimizer.table_min_rows = 1 << 62  # read when the step is traced
+
+    step = ct.ours_train_step(cache_dir, configure)
     for _ in range(5):  # warm up
-        float(step(batches)["loss"])
+        step()
     print("ready", flush=True)
     for line in sys.stdin:
         if line.strip() != "step":
             break
         t = time.perf_counter()
-        float(step(batches)["loss"])
+        step()
         print(1000 * (time.perf_counter() - t), flush=True)
 
 

@@ -6,8 +6,10 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # TensorFlow's pooling (BFC) allocator on the CPU: the default one mallocs every tensor, and
 # glibc maps each large one fresh from the kernel, so a training step page-faulted 13-17k times
 # (the word embedding's 47 MB zero gradient alone is 11.7k). Pooled: 440-900, and steps 3-4%
-# faster (BENCHMARKS.md section 3, stop 17). TensorFlow reads it when it runs its first op, so
-# this works after `import tensorflow` too; set TF_CPU_ALLOCATOR_USE_BFC=false to opt out.
+# faster (BENCHMARKS.md section 3, stop 17, AMD EPYC). Where malloc keeps big blocks instead
+# (stop 18's Ice Lake machine) there is nothing to save and it changes nothing. TensorFlow reads
+# it when it runs its first op, so this works after `import tensorflow` too; set
+# TF_CPU_ALLOCATOR_USE_BFC=false to opt out.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 # TensorFlow's oneDNN kernels stay at TF's default (on for x86). Stop 8 turned them off after
 # an A/B confounded by tf.data autotuner stalls (fixed in reader.py); measured without the
