@@ -19,10 +19,14 @@ fused=True (the Trainer's default for torch >= 2.8); bucket = `group_by_length`
 `--stock-layers` gives ours Keras's own layer norm, GELU and dropout instead of
 `kt_pipeline.fast_layers` (the setting before stop 15).
 Throughput = examples/s over `--steps` timed steps after `--warmup` steps (median of
-`--repeats` windows). Bucketed windows default to 100 steps: with 30, the peer's
-`group_by_length` order put its shortest batches in one window and flattered ours 1.29x
-(BENCHMARKS.md section 3, stop 11). TTA = training wall time (evaluation excluded) until accuracy on
-1,000 held-out rows first reaches 0.85, evaluated every `--eval-every` steps.
+`--repeats` windows), with unpadded tokens/s and tokens per row beside it. Bucketed
+windows default to 100 steps: with 30, the peer's `group_by_length` order put its
+shortest batches in one window and flattered ours 1.29x (BENCHMARKS.md section 3, stop
+11). Ours' bucketed windows run on one stream after `--skip` batches of it: windows
+that each started a stream (stops 10-18) saw 11.3-12.1 tokens a row against the data's
+13.25 and flattered ours (stop 19). `train_vs_peer.py` compares the two drift-free.
+TTA = training wall time (evaluation excluded) until accuracy on 1,000 held-out rows
+first reaches 0.85, evaluated every `--eval-every` steps.
 
 Ours runs with TrainConfig's defaults (pooling, jit_compile) under the strategy `kt-pipeline
 train` picks; `--pooling`, `--jit-compile`, `--static-buckets` (pad to the few
@@ -115,13 +119,13 @@ def ours_data(cache_dir, padding, a, repeat=True, shuffle=True):
                                static_buckets=static)
 
 
-def ours_train_step(cache_dir, configure=None):
-    """The product's classifier on bucketed batches of ``cache_dir``, built, traced and
-    ready: returns ``step()``, which runs one training step and returns its loss.
+def ours_ready(cache_dir, configure=None, warmup=10):
+    """The product's classifier and its bucketed batches of ``cache_dir``: ``(model, ds)``,
+    built and traced by ``warmup`` steps of `fit` (on their own pass over ``ds``).
 
     As `kt-pipeline train` sets it up (the reader's and pooling defaults of `TrainConfig`),
-    seeded so that every caller gets the same weights and batches. ``configure(model)``
-    runs before the step is traced (for settings read at trace time).
+    seeded so that every caller gets the same weights. ``configure(model)`` runs before
+    the step is traced (for settings read at trace time).
     """
     from types import SimpleNamespace
 
@@ -137,22 +141,45 @@ def ours_train_step(cache_dir, configure=None):
     if configure is not None:
         configure(model)
     ds = ours_data(cache_dir, "bucket", opts)
-    model.fit(ds, steps_per_epoch=10, epochs=1, verbose=0)  # build and trace now
+    model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)  # build and trace now
+    return model, ds
+
+
+def ours_train_step(cache_dir, configure=None):
+    """`ours_ready`'s model as ``step()``, which runs one training step (the product's
+    train function on the batch iterator, as `fit` runs it) and returns its loss."""
+    model, ds = ours_ready(cache_dir, configure)
     batches, train_function = iter(ds), model.make_train_function()
     return lambda: float(train_function(batches)["loss"])
 
 
+def ours_fed_step(model, batches):
+    """``step()`` running the product's traced train step on the next batch of
+    ``batches``, fed one at a time, and returning the batch's rows and tokens (padding not
+    counted). As fast as `fit`'s path, which takes the iterator inside the step: 1.001x,
+    300 alternated steps (BENCHMARKS.md section 3, stop 19)."""
+    import tensorflow as tf
+
+    model.make_train_function()
+    train_function = model.train_function
+
+    def step():
+        features, labels = next(batches)
+        float(train_function(iter([(features, labels)]))["loss"])
+        return int(labels.shape[0]), int(tf.math.count_nonzero(features["padding_mask"]))
+
+    return step
+
+
 def ours_throughput(a):
+    """Windows of steps on one batch stream, after ``a.skip`` batches of it: a stream's
+    first batches are short (its length buckets fill at the rate of their lengths, so the
+    rare long rows wait), which `fit` windows, each on a stream of its own, measured."""
     with tempfile.TemporaryDirectory() as d:
         model, caches = ours_setup(d, 5e-5, 10_000, 100, a)
         ds = ours_data(caches["train"], a.padding, a)
-        model.fit(ds, steps_per_epoch=a.warmup, epochs=1, verbose=0)
-        times = []
-        for _ in range(a.repeats):
-            t = time.perf_counter()
-            model.fit(ds, steps_per_epoch=a.steps, epochs=1, verbose=0)
-            times.append(time.perf_counter() - t)
-    return times
+        step = ours_fed_step(model, iter(ds.skip(a.skip) if a.padding == "bucket" else ds))
+        return _windows(step, a)
 
 
 def ours_tta(a):
@@ -247,18 +274,41 @@ def peer_step(model, opt, sched, batch, bf16=False):
     opt.zero_grad(set_to_none=True)
 
 
+def peer_train_step(warmup=25, padding="bucket", plain_adamw=False, bf16=False):
+    """The peer warmed up by ``warmup`` steps on batches of another order: returns
+    ``step()``, which runs one training step (its batch's padding included) from the start
+    of the batch stream and returns the batch's rows and tokens (padding not counted)."""
+    tok, model, opt, sched = peer_setup(5e-5, 10_000, 100, plain_adamw)
+    rows = sst2_rows(TRAIN_ROWS)
+    warm = peer_batches(tok, rows, padding, seed=1)
+    for _ in range(warmup):
+        peer_step(model, opt, sched, next(warm), bf16)
+    it = peer_batches(tok, rows, padding)
+
+    def step():
+        batch = next(it)
+        peer_step(model, opt, sched, batch, bf16)
+        return len(batch["labels"]), int(batch["attention_mask"].sum())
+
+    return step
+
+
 def peer_throughput(a):
-    tok, model, opt, sched = peer_setup(5e-5, 10_000, 100, a.plain_adamw)
-    it = peer_batches(tok, sst2_rows(TRAIN_ROWS), a.padding)
-    for _ in range(a.warmup):
-        peer_step(model, opt, sched, next(it), a.mixed_precision)
-    times = []
+    return _windows(peer_train_step(a.warmup, a.padding, a.plain_adamw, a.mixed_precision), a,
+                    warmup=0)
+
+
+def _windows(step, a, warmup=None) -> list[tuple[float, int, int]]:
+    """``warmup`` (default ``a.warmup``) untimed steps, then ``a.repeats`` windows of
+    ``a.steps``: (seconds, rows, tokens) of each."""
+    for _ in range(a.warmup if warmup is None else warmup):
+        step()
+    out = []
     for _ in range(a.repeats):
         t = time.perf_counter()
-        for _ in range(a.steps):
-            peer_step(model, opt, sched, next(it), a.mixed_precision)
-        times.append(time.perf_counter() - t)
-    return times
+        counts = [step() for _ in range(a.steps)]
+        out.append((time.perf_counter() - t, sum(r for r, _ in counts), sum(k for _, k in counts)))
+    return out
 
 
 def peer_tta(a):
@@ -325,6 +375,9 @@ def main():
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed steps first (default 25 with buckets, 10 with fixed)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--skip", type=int, default=500,
+                   help="ours, bucketed: batches of the stream skipped before warm-up and "
+                   "windows (default 500: two passes over the rows; see ours_throughput)")
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--max-steps", type=int, default=400)
     p.add_argument("--target", type=float, default=0.85)
@@ -359,11 +412,13 @@ def main():
         a.warmup = 25 if a.padding == "bucket" else 10
     require_sst2()
     if a.mode == "throughput":
-        times = (ours_throughput if a.system == "ours" else peer_throughput)(a)
+        windows = (ours_throughput if a.system == "ours" else peer_throughput)(a)
         emit(benchmark="train_throughput", system=a.system, padding=a.padding, seq=SEQ,
-             **_settings(a),
-             batch=BATCH, window_steps=a.steps, examples_per_s=round(BATCH * a.steps / median(times), 2),
-             windows_s=[round(t, 2) for t in times])
+             **_settings(a), batch=BATCH, window_steps=a.steps,
+             examples_per_s=round(median([r / t for t, r, _ in windows]), 2),
+             tokens_per_s=round(median([k / t for t, _, k in windows])),
+             tokens_per_row=round(sum(k for *_, k in windows) / sum(r for _, r, _ in windows), 2),
+             windows_s=[round(t, 2) for t, *_ in windows])
     else:
         hit, curve = (ours_tta if a.system == "ours" else peer_tta)(a)
         emit(benchmark="time_to_accuracy", system=a.system, target=a.target, **_settings(a),

@@ -11,6 +11,7 @@ RUNS = [
     ["reader_throughput.py"],
     ["cpu_train.py", "throughput", "--system", "ours", "--padding", "bucket"],
     ["cpu_train.py", "throughput", "--system", "peer", "--padding", "bucket"],
+    ["train_vs_peer.py"],  # the two above, drift-free
     ["cpu_train.py", "throughput", "--system", "ours", "--padding", "fixed"],
     ["cpu_train.py", "throughput", "--system", "peer", "--padding", "fixed"],
     ["optimizer_step.py"],

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
+import turns
 from common import emit, median, require_sst2
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -43,37 +42,23 @@ SWITCH_ENV = {"fast_layers": ("KT_PIPELINE_FAST_LAYERS", "0", "1"),
 
 
 def _child(switch: str, side: str, cache_dir: str):
-    """One side: build, trace and warm up, then run one step per "step" line on stdin."""
+    """One side: build, trace and warm up, then serve steps (`turns.serve`)."""
     import cpu_train as ct
 
     def configure(model):
         if switch == "table" and side == "off":
             model.optimizer.table_min_rows = 1 << 62  # read when the step is traced
 
-    step = ct.ours_train_step(cache_dir, configure)
-    for _ in range(5):  # warm up
-        step()
-    print("ready", flush=True)
-    for line in sys.stdin:
-        if line.strip() != "step":
-            break
-        t = time.perf_counter()
-        step()
-        print(1000 * (time.perf_counter() - t), flush=True)
+    turns.serve(ct.ours_train_step(cache_dir, configure), warmup=5)
 
 
-def _spawn(switch: str, side: str, cache_dir: str) -> subprocess.Popen:
+def _spawn(switch: str, side: str, cache_dir: str) -> turns.Side:
     env = dict(os.environ)
     if switch in SWITCH_ENV:
         name, off, on = SWITCH_ENV[switch]
         env[name] = off if side == "off" else on
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--switch", switch, "--child", side, "--cache", cache_dir],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
-    for line in proc.stdout:  # anything a library prints to stdout before "ready" is skipped
-        if line.strip() == "ready":
-            return proc
-    sys.exit(f"the {side} side failed to start (its error is above)")
+    return turns.Side(side, [sys.executable, __file__, "--switch", switch, "--child", side,
+                             "--cache", cache_dir], env)
 
 
 def main():
@@ -98,15 +83,9 @@ def main():
         ms = {"off": [], "on": []}
         for i in range(a.steps):
             for side in (("off", "on") if i % 2 == 0 else ("on", "off")):
-                sides[side].stdin.write("step\n")
-                sides[side].stdin.flush()
-                reply = sides[side].stdout.readline()
-                if not reply:
-                    sys.exit(f"the {side} side stopped at step {i} (its error is above)")
-                ms[side].append(float(reply))
-        for proc in sides.values():
-            proc.stdin.close()
-            proc.wait()
+                ms[side] += sides[side].run(1)[0]
+        for s in sides.values():
+            s.close()
     ratios = sorted(x / y for x, y in zip(ms["off"], ms["on"]))
     q = len(ratios) // 4
     emit(benchmark="train_ab", switch=a.switch, steps=a.steps,

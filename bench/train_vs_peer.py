@@ -1,0 +1,128 @@
+"""Benchmark 3j: ours vs the PyTorch peer, taking turns in chunks of steps (drift-free).
+
+    python bench/train_vs_peer.py --steps 500 --chunk 10
+
+Benchmark 3 (`cpu_train.py throughput`) times each system in a run of its own, minutes
+apart; on a VM whose speed drifts by up to 25% within minutes, pairs of such runs spread
+0.73-1.32x (BENCHMARKS.md section 3, stop 18). Here both run at once, each in its own
+process with all the cores, and take turns (`turns.py`): ours runs ``--chunk`` steps
+while the peer waits blocked on its pipe, then the peer, the first to go alternating.
+Both see the same phases of the machine's speed.
+
+Settings as `cpu_train.py throughput --padding bucket`: the packaged MiniLM, SST-2's first
+8,000 rows, fp32, batch 32, max_seq_length 128, AdamW at 5e-5 with clipping; ours with
+its narrow length buckets and `FusedAdamW` as `kt-pipeline train` builds it, the peer
+with `group_by_length`, dynamic padding (timed, as there) and torch's fused AdamW.
+
+Same rows on both sides. The peer starts at the beginning of its batch stream, so each
+250-step pass is one epoch of the 8,000 rows. Ours' length buckets fill at the rate of
+their lengths, so early in a stream the rare long rows wait in part-filled buckets and
+the batches are shorter than the data's mean (12.4 tokens a row in the first 250 steps
+against 13.25): `cpu_train.py` times steps 25-325, which flatters ours by ~3%. Here ours
+starts after ``--skip`` batches of its stream (default 500, where its rows hold 13.16)
+and every step counts its rows and unpadded tokens. Prints each side's examples/s and
+unpadded tokens/s and **ratio_tokens**, ours/peer in tokens/s (> 1: ours faster; the
+same length mix on both sides), with ratio_examples (what `cpu_train.py` compares)
+beside it, the tokens/s ratio in each 250-step pass and each tenth of the run (ten
+steps hold batches of similar lengths, so single chunks are not compared), and each
+side's tokens per row, and each side's step time fitted to its tokens (fixed ms a step,
+ms per token). Ours' batches come from its reader into the product's traced
+train step one at a time (counted in Python; `cpu_train.ours_fed_step`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+
+import turns
+from common import emit, median, require_sst2
+
+PASS = 250  # steps of 32 rows in one pass over cpu_train's 8,000 rows
+
+
+def _child(system: str, cache_dir: str, skip: int):
+    import cpu_train as ct
+
+    if system == "peer":
+        return turns.serve(ct.peer_train_step(warmup=25))
+    model, ds = ct.ours_ready(cache_dir, warmup=25)
+    # 5 more steps trace the step for batches fed one at a time
+    turns.serve(ct.ours_fed_step(model, iter(ds.skip(skip))), warmup=5)
+
+
+def _ratios(ours, peer, size: int) -> list[float]:
+    """ours/peer in unpadded tokens/s over consecutive spans of ``size`` steps."""
+    def rate(side, i):
+        ms, out = side
+        return sum(t for _, t in out[i:i + size]) / sum(ms[i:i + size])
+
+    return [round(rate(ours, i) / rate(peer, i), 3) for i in range(0, len(ours[0]), size)]
+
+
+def _cost(side) -> dict:
+    """Least-squares fit of a step's ms to its unpadded tokens: fixed ms a step (the
+    optimizer's passes, weight reads) and ms per token (the products over tokens)."""
+    ms, out = side
+    slope, intercept = statistics.linear_regression([t for _, t in out], ms)
+    return {"fixed_ms_per_step": round(intercept, 1), "ms_per_token": round(slope, 3)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=2 * PASS, help="timed steps of each side")
+    p.add_argument("--chunk", type=int, default=10, help="steps per turn")
+    p.add_argument("--skip", type=int, default=2 * PASS,
+                   help="batches of ours' stream skipped before its timed steps")
+    p.add_argument("--raw", help="also write every step's ms, rows and tokens to this JSON file")
+    p.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
+    p.add_argument("--cache", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        return _child(a.child, a.cache, a.skip)
+    if a.steps < a.chunk or a.chunk < 1 or a.skip < 0:
+        sys.exit("--steps must be at least --chunk, --chunk at least 1, --skip at least 0")
+    require_sst2()
+
+    import cpu_train as ct
+
+    with tempfile.TemporaryDirectory() as d:
+        cache_dir = ct.ours_caches(d)["train"]
+        sides = {s: turns.Side(s, [sys.executable, __file__, "--child", s, "--cache", cache_dir,
+                                   "--skip", str(a.skip)])
+                 for s in ("ours", "peer")}  # one at a time: start-up is not what is timed
+        got = {s: ([], []) for s in sides}  # ms per step, (rows, tokens) per step
+        for i in range(0, a.steps, a.chunk):
+            k = min(a.chunk, a.steps - i)
+            for s in (("ours", "peer") if (i // a.chunk) % 2 == 0 else ("peer", "ours")):
+                ms, out = sides[s].run(k)
+                got[s][0].extend(ms)
+                got[s][1].extend(out)
+        for side in sides.values():
+            side.close()
+    if a.raw:
+        with open(a.raw, "w", encoding="utf-8") as f:
+            json.dump(got, f)
+    per_s = {s: [sum(x[j] for x in out) / (sum(ms) / 1000) for j in (0, 1)]
+             for s, (ms, out) in got.items()}  # rows/s, tokens/s
+    emit(benchmark="train_vs_peer", padding="bucket", seq=ct.SEQ, batch=ct.BATCH,
+         precision="fp32", steps=a.steps, chunk=a.chunk, skip=a.skip,
+         ours_examples_per_s=round(per_s["ours"][0], 1),
+         peer_examples_per_s=round(per_s["peer"][0], 1),
+         ours_tokens_per_s=round(per_s["ours"][1]), peer_tokens_per_s=round(per_s["peer"][1]),
+         ratio_tokens=round(per_s["ours"][1] / per_s["peer"][1], 3),
+         ratio_examples=round(per_s["ours"][0] / per_s["peer"][0], 3),
+         ratio_tokens_per_pass=_ratios(got["ours"], got["peer"], PASS),
+         ratio_tokens_per_tenth=_ratios(got["ours"], got["peer"], max(a.chunk, a.steps // 10)),
+         ours_tokens_per_row=round(per_s["ours"][1] / per_s["ours"][0], 2),
+         peer_tokens_per_row=round(per_s["peer"][1] / per_s["peer"][0], 2),
+         ours_ms_per_step_median=round(median(got["ours"][0]), 1),
+         peer_ms_per_step_median=round(median(got["peer"][0]), 1),
+         ours_step_cost=_cost(got["ours"]), peer_step_cost=_cost(got["peer"]))
+
+
+if __name__ == "__main__":
+    main()

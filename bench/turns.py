@@ -1,0 +1,75 @@
+"""Training steps in child processes that take turns: A/B timing on a drifting machine.
+
+Each side of a comparison runs in its own process with all the cores. The parent tells
+one side to run some steps while the other waits blocked on its pipe, then the other,
+so both see the same phases of the machine's speed (on the 2-core CI kind it drifts by
+up to 25% within minutes, which moves two runs made minutes apart further apart than
+the difference being measured).
+
+A child calls :func:`serve` with its step function; the parent starts it with
+:class:`Side` and calls ``run(k)``, which returns the k steps' times in ms and what
+each step returned (any JSON value: a loss, counts of rows and tokens).
+
+Example (a child and its parent are the same script, as in ``train_ab.py``)::
+
+    if args.child:
+        turns.serve(make_step(args.child))   # prints "ready", then serves "run k"
+    else:
+        a, b = turns.Side("a", [sys.executable, __file__, "--child", "a"]), ...
+        (ms_a, _), (ms_b, _) = a.run(10), b.run(10)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+_REPLY = "turns:"  # a reply line starts with this; any other stdout line is a library's
+
+
+def serve(step, warmup: int = 0) -> None:
+    """Run ``warmup`` untimed steps, print "ready", then for each stdin line "run k" run
+    ``k`` steps and print their times (ms) and return values on one line (JSON). Any
+    other line ends it."""
+    for _ in range(warmup):
+        step()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] != "run":
+            break
+        times, outs = [], []
+        for _ in range(int(parts[1])):
+            t = time.perf_counter()
+            outs.append(step())
+            times.append(1000 * (time.perf_counter() - t))
+        print(_REPLY, json.dumps({"ms": times, "out": outs}), flush=True)
+
+
+class Side:
+    """A child process running :func:`serve`; started (and ready) on construction."""
+
+    def __init__(self, name: str, argv: list[str], env: dict | None = None):
+        self.name = name
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env=env, text=True)
+        for line in self.proc.stdout:  # what a library prints before "ready" is skipped
+            if line.strip() == "ready":
+                return
+        sys.exit(f"the {name} side failed to start (its error is above)")
+
+    def run(self, k: int) -> tuple[list[float], list]:
+        """Run ``k`` steps on this side: their times in ms and what they returned."""
+        self.proc.stdin.write(f"run {k}\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith(_REPLY):
+                reply = json.loads(line[len(_REPLY):])
+                return reply["ms"], reply["out"]
+        sys.exit(f"the {self.name} side stopped (its error is above)")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
