@@ -274,16 +274,19 @@ def peer_step(model, opt, sched, batch, bf16=False):
     opt.zero_grad(set_to_none=True)
 
 
-def peer_train_step(warmup=25, padding="bucket", plain_adamw=False, bf16=False):
+def peer_train_step(warmup=25, padding="bucket", plain_adamw=False, bf16=False, batches=None):
     """The peer warmed up by ``warmup`` steps on batches of another order: returns
     ``step()``, which runs one training step (its batch's padding included) from the start
-    of the batch stream and returns the batch's rows and tokens (padding not counted)."""
+    of the batch stream and returns the batch's rows and tokens (padding not counted).
+    ``batches``: an iterator of ready batches instead of SST-2's (warm-up included)."""
     tok, model, opt, sched = peer_setup(5e-5, 10_000, 100, plain_adamw)
-    rows = sst2_rows(TRAIN_ROWS)
-    warm = peer_batches(tok, rows, padding, seed=1)
+    if batches is None:
+        rows = sst2_rows(TRAIN_ROWS)
+        warm, it = peer_batches(tok, rows, padding, seed=1), peer_batches(tok, rows, padding)
+    else:
+        warm = it = batches
     for _ in range(warmup):
         peer_step(model, opt, sched, next(warm), bf16)
-    it = peer_batches(tok, rows, padding)
 
     def step():
         batch = next(it)

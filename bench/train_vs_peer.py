@@ -25,16 +25,18 @@ unpadded tokens/s and **ratio_tokens**, ours/peer in tokens/s (> 1: ours faster;
 same length mix on both sides), with ratio_examples (what `cpu_train.py` compares)
 beside it, the tokens/s ratio in each 250-step pass and each tenth of the run (ten
 steps hold batches of similar lengths, so single chunks are not compared), and each
-side's tokens per row, and each side's step time fitted to its tokens (fixed ms a step,
-ms per token). Ours' batches come from its reader into the product's traced
+side's tokens per row. Ours' batches come from its reader into the product's traced
 train step one at a time (counted in Python; `cpu_train.ours_fed_step`).
+
+``--widths 2,8,16,32``: synthetic batches of 32 rows of those widths instead (random ids,
+the same on both sides, no padding), one of each per turn; prints each side's median ms
+a step by width, to see where in the range of lengths either side wins.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 
@@ -44,14 +46,41 @@ from common import emit, median, require_sst2
 PASS = 250  # steps of 32 rows in one pass over cpu_train's 8,000 rows
 
 
-def _child(system: str, cache_dir: str, skip: int):
+def _child(system: str, cache_dir: str, skip: int, widths: list[int]):
     import cpu_train as ct
 
+    synthetic = _synthetic(system, widths) if widths else None
     if system == "peer":
-        return turns.serve(ct.peer_train_step(warmup=25))
+        return turns.serve(ct.peer_train_step(warmup=25, batches=synthetic))
     model, ds = ct.ours_ready(cache_dir, warmup=25)
     # 5 more steps trace the step for batches fed one at a time
-    turns.serve(ct.ours_fed_step(model, iter(ds.skip(skip))), warmup=5)
+    turns.serve(ct.ours_fed_step(model, synthetic or iter(ds.skip(skip))), warmup=5)
+
+
+def _synthetic(system: str, widths: list[int]):
+    """Endless batches of 32 rows of random ids, one width after another; the same ids on
+    both sides ([CLS] first, [SEP] last, no padding)."""
+    import itertools
+
+    import numpy as np
+
+    rng, out = np.random.default_rng(0), []
+    for w in widths:
+        ids = rng.integers(1000, 30000, size=(32, w)).astype("int32")
+        ids[:, 0], ids[:, -1] = 101, 102
+        labels = rng.integers(0, 2, 32).astype("int32")
+        if system == "peer":
+            import torch
+
+            out.append({"input_ids": torch.tensor(ids, dtype=torch.long),
+                        "attention_mask": torch.ones(32, w, dtype=torch.long),
+                        "labels": torch.tensor(labels, dtype=torch.long)})
+        else:
+            import tensorflow as tf
+
+            out.append(({"token_ids": tf.constant(ids), "padding_mask": tf.ones((32, w), bool)},
+                        tf.constant(labels)))
+    return itertools.cycle(out)
 
 
 def _ratios(ours, peer, size: int) -> list[float]:
@@ -63,26 +92,23 @@ def _ratios(ours, peer, size: int) -> list[float]:
     return [round(rate(ours, i) / rate(peer, i), 3) for i in range(0, len(ours[0]), size)]
 
 
-def _cost(side) -> dict:
-    """Least-squares fit of a step's ms to its unpadded tokens: fixed ms a step (the
-    optimizer's passes, weight reads) and ms per token (the products over tokens)."""
-    ms, out = side
-    slope, intercept = statistics.linear_regression([t for _, t in out], ms)
-    return {"fixed_ms_per_step": round(intercept, 1), "ms_per_token": round(slope, 3)}
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=2 * PASS, help="timed steps of each side")
     p.add_argument("--chunk", type=int, default=10, help="steps per turn")
     p.add_argument("--skip", type=int, default=2 * PASS,
                    help="batches of ours' stream skipped before its timed steps")
+    p.add_argument("--widths", type=lambda v: [int(x) for x in v.split(",")],
+                   help="instead of SST-2: synthetic batches of these widths in turn, e.g. "
+                   "2,8,16,32 (--chunk becomes one of each); prints ms per step by width")
     p.add_argument("--raw", help="also write every step's ms, rows and tokens to this JSON file")
     p.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
     p.add_argument("--cache", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        return _child(a.child, a.cache, a.skip)
+        return _child(a.child, a.cache, a.skip, a.widths)
+    if a.widths:
+        a.chunk = len(a.widths)
     if a.steps < a.chunk or a.chunk < 1 or a.skip < 0:
         sys.exit("--steps must be at least --chunk, --chunk at least 1, --skip at least 0")
     require_sst2()
@@ -91,8 +117,9 @@ def main():
 
     with tempfile.TemporaryDirectory() as d:
         cache_dir = ct.ours_caches(d)["train"]
+        widths = ["--widths", ",".join(map(str, a.widths))] if a.widths else []
         sides = {s: turns.Side(s, [sys.executable, __file__, "--child", s, "--cache", cache_dir,
-                                   "--skip", str(a.skip)])
+                                   "--skip", str(a.skip), *widths])
                  for s in ("ours", "peer")}  # one at a time: start-up is not what is timed
         got = {s: ([], []) for s in sides}  # ms per step, (rows, tokens) per step
         for i in range(0, a.steps, a.chunk):
@@ -106,6 +133,8 @@ def main():
     if a.raw:
         with open(a.raw, "w", encoding="utf-8") as f:
             json.dump(got, f)
+    if a.widths:
+        return _emit_widths(a, got)
     per_s = {s: [sum(x[j] for x in out) / (sum(ms) / 1000) for j in (0, 1)]
              for s, (ms, out) in got.items()}  # rows/s, tokens/s
     emit(benchmark="train_vs_peer", padding="bucket", seq=ct.SEQ, batch=ct.BATCH,
@@ -120,8 +149,18 @@ def main():
          ours_tokens_per_row=round(per_s["ours"][1] / per_s["ours"][0], 2),
          peer_tokens_per_row=round(per_s["peer"][1] / per_s["peer"][0], 2),
          ours_ms_per_step_median=round(median(got["ours"][0]), 1),
-         peer_ms_per_step_median=round(median(got["peer"][0]), 1),
-         ours_step_cost=_cost(got["ours"]), peer_step_cost=_cost(got["peer"]))
+         peer_ms_per_step_median=round(median(got["peer"][0]), 1))
+
+
+def _emit_widths(a, got) -> None:
+    """Median ms a step of each side by batch width, and peer/ours (> 1: ours faster)."""
+    by_width = {}
+    for w in a.widths:
+        o, p = (median([ms for ms, (rows, tokens) in zip(*got[s]) if tokens == rows * w])
+                for s in ("ours", "peer"))
+        by_width[w] = {"ours_ms": round(o, 1), "peer_ms": round(p, 1), "ratio": round(p / o, 3)}
+    emit(benchmark="train_vs_peer_widths", batch=32, precision="fp32", steps=a.steps,
+         by_width=by_width)
 
 
 if __name__ == "__main__":
