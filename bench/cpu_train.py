@@ -356,6 +356,7 @@ def _settings(a) -> dict:
     from kt_pipeline import reader
 
     return {"pooling": a.pooling, "jit_compile": bool(a.jit_compile),
+            "skip": a.skip if a.padding == "bucket" and a.mode == "throughput" else 0,
             "bucket_sizes": (list(a.bucket_sizes or reader.BUCKET_SIZES)
                              if a.jit_compile or a.bucket_sizes or a.static_buckets else "narrow"),
             "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),

@@ -18,8 +18,9 @@ Same rows on both sides. The peer starts at the beginning of its batch stream, s
 250-step pass is one epoch of the 8,000 rows. Ours' length buckets fill at the rate of
 their lengths, so early in a stream the rare long rows wait in part-filled buckets and
 the batches are shorter than the data's mean (12.4 tokens a row in the first 250 steps
-against 13.25): `cpu_train.py` times steps 25-325, which flatters ours by ~3%. Here ours
-starts after ``--skip`` batches of its stream (default 500, where its rows hold 13.16)
+against 13.25; until stop 19 `cpu_train.py` timed the first 100 batches of new streams,
+11.3-12.1, which flattered ours by about 7%). Here, as in `cpu_train.py` now, ours
+starts after ``--skip`` batches of its stream (default 500, where its rows hold 13.17),
 and every step counts its rows and unpadded tokens. Prints each side's examples/s and
 unpadded tokens/s and **ratio_tokens**, ours/peer in tokens/s (> 1: ours faster; the
 same length mix on both sides), with ratio_examples (what `cpu_train.py` compares)
