@@ -80,12 +80,7 @@ def main():
         sides = {}
         for side in ("off", "on"):  # one at a time: start-up is not what is timed
             sides[side] = _spawn(a.switch, side, cache_dir)
-        ms = {"off": [], "on": []}
-        for i in range(a.steps):
-            for side in (("off", "on") if i % 2 == 0 else ("on", "off")):
-                ms[side] += sides[side].run(1)[0]
-        for s in sides.values():
-            s.close()
+        ms = {side: got[0] for side, got in turns.alternate(sides, a.steps, 1).items()}
     ratios = sorted(x / y for x, y in zip(ms["off"], ms["on"]))
     q = len(ratios) // 4
     emit(benchmark="train_ab", switch=a.switch, steps=a.steps,

@@ -122,15 +122,7 @@ def main():
         sides = {s: turns.Side(s, [sys.executable, __file__, "--child", s, "--cache", cache_dir,
                                    "--skip", str(a.skip), *widths])
                  for s in ("ours", "peer")}  # one at a time: start-up is not what is timed
-        got = {s: ([], []) for s in sides}  # ms per step, (rows, tokens) per step
-        for i in range(0, a.steps, a.chunk):
-            k = min(a.chunk, a.steps - i)
-            for s in (("ours", "peer") if (i // a.chunk) % 2 == 0 else ("peer", "ours")):
-                ms, out = sides[s].run(k)
-                got[s][0].extend(ms)
-                got[s][1].extend(out)
-        for side in sides.values():
-            side.close()
+        got = turns.alternate(sides, a.steps, a.chunk)  # ms and (rows, tokens) per step
     if a.raw:
         with open(a.raw, "w", encoding="utf-8") as f:
             json.dump(got, f)

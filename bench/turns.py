@@ -8,15 +8,16 @@ the difference being measured).
 
 A child calls :func:`serve` with its step function; the parent starts it with
 :class:`Side` and calls ``run(k)``, which returns the k steps' times in ms and what
-each step returned (any JSON value: a loss, counts of rows and tokens).
+each step returned (any JSON value: a loss, counts of rows and tokens), or lets
+:func:`alternate` run two sides in turn.
 
 Example (a child and its parent are the same script, as in ``train_ab.py``)::
 
     if args.child:
         turns.serve(make_step(args.child))   # prints "ready", then serves "run k"
     else:
-        a, b = turns.Side("a", [sys.executable, __file__, "--child", "a"]), ...
-        (ms_a, _), (ms_b, _) = a.run(10), b.run(10)
+        sides = {s: turns.Side(s, [sys.executable, __file__, "--child", s]) for s in "ab"}
+        got = turns.alternate(sides, steps=300, chunk=10)   # {"a": (ms, outs), "b": ...}
 """
 
 from __future__ import annotations
@@ -73,3 +74,18 @@ class Side:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait()
+
+
+def alternate(sides: dict[str, Side], steps: int, chunk: int) -> dict[str, tuple[list, list]]:
+    """Run ``steps`` steps on each of two sides, ``chunk`` at a time in turn, the first to
+    go alternating; then close them. Returns each side's step times (ms) and outputs."""
+    first, second = sides
+    got = {s: ([], []) for s in sides}
+    for i in range(0, steps, chunk):
+        for s in ((first, second) if (i // chunk) % 2 == 0 else (second, first)):
+            ms, out = sides[s].run(min(chunk, steps - i))
+            got[s][0].extend(ms)
+            got[s][1].extend(out)
+    for side in sides.values():
+        side.close()
+    return got
