@@ -29,6 +29,8 @@ steps hold batches of similar lengths, so single chunks are not compared), and e
 side's tokens per row. Ours' batches come from its reader into the product's traced
 train step one at a time (counted in Python; `cpu_train.ours_fed_step`).
 
+``--mixed-precision``: both in bfloat16 (CPUs with AMX or AVX-512 bf16).
+
 ``--widths 2,8,16,32``: synthetic batches of 32 rows of those widths instead (random ids,
 the same on both sides, no padding), one of each per turn; prints each side's median ms
 a step by width, to see where in the range of lengths either side wins.
@@ -47,12 +49,15 @@ from common import emit, median, require_sst2
 PASS = 250  # steps of 32 rows in one pass over cpu_train's 8,000 rows
 
 
-def _child(system: str, cache_dir: str, skip: int, widths: list[int]):
+def _child(system: str, cache_dir: str, skip: int, widths: list[int], bf16: bool):
     import cpu_train as ct
 
     synthetic = _synthetic(system, widths) if widths else None
     if system == "peer":
-        return turns.serve(ct.peer_train_step(warmup=25, batches=synthetic))
+        return turns.serve(ct.peer_train_step(warmup=25, batches=synthetic, bf16=bf16))
+    from kt_pipeline import training
+
+    training.set_precision(bf16)  # as `kt-pipeline train --mixed-precision`
     model, ds = ct.ours_ready(cache_dir, warmup=25)
     # 5 more steps trace the step for batches fed one at a time
     turns.serve(ct.ours_fed_step(model, synthetic or iter(ds.skip(skip))), warmup=5)
@@ -103,11 +108,14 @@ def main():
                    help="instead of SST-2: synthetic batches of these widths in turn, e.g. "
                    "2,8,16,32 (--chunk becomes one of each); prints ms per step by width")
     p.add_argument("--raw", help="also write every step's ms, rows and tokens to this JSON file")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="both in bfloat16 (ours: the mixed_bfloat16 policy, as `kt-pipeline "
+                   "train --mixed-precision`; the peer: torch.autocast), for CPUs with AMX")
     p.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
     p.add_argument("--cache", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        return _child(a.child, a.cache, a.skip, a.widths)
+        return _child(a.child, a.cache, a.skip, a.widths, a.mixed_precision)
     if a.widths:
         a.chunk = len(a.widths)
     if a.steps < a.chunk or a.chunk < 1 or a.skip < 0:
@@ -120,7 +128,8 @@ def main():
         cache_dir = ct.ours_caches(d)["train"]
         widths = ["--widths", ",".join(map(str, a.widths))] if a.widths else []
         sides = {s: turns.Side(s, [sys.executable, __file__, "--child", s, "--cache", cache_dir,
-                                   "--skip", str(a.skip), *widths])
+                                   "--skip", str(a.skip), *widths,
+                                   *(["--mixed-precision"] if a.mixed_precision else [])])
                  for s in ("ours", "peer")}  # one at a time: start-up is not what is timed
         got = turns.alternate(sides, a.steps, a.chunk)  # ms and (rows, tokens) per step
     if a.raw:
@@ -131,7 +140,7 @@ def main():
     per_s = {s: [sum(x[j] for x in out) / (sum(ms) / 1000) for j in (0, 1)]
              for s, (ms, out) in got.items()}  # rows/s, tokens/s
     emit(benchmark="train_vs_peer", padding="bucket", seq=ct.SEQ, batch=ct.BATCH,
-         precision="fp32", steps=a.steps, chunk=a.chunk, skip=a.skip,
+         precision=_precision(a), steps=a.steps, chunk=a.chunk, skip=a.skip,
          ours_examples_per_s=round(per_s["ours"][0], 1),
          peer_examples_per_s=round(per_s["peer"][0], 1),
          ours_tokens_per_s=round(per_s["ours"][1]), peer_tokens_per_s=round(per_s["peer"][1]),
@@ -145,6 +154,10 @@ def main():
          peer_ms_per_step_median=round(median(got["peer"][0]), 1))
 
 
+def _precision(a) -> str:
+    return "bf16" if a.mixed_precision else "fp32"
+
+
 def _emit_widths(a, got) -> None:
     """Median ms a step of each side by batch width, and peer/ours (> 1: ours faster)."""
     by_width = {}
@@ -152,7 +165,7 @@ def _emit_widths(a, got) -> None:
         o, p = (median([ms for ms, (rows, tokens) in zip(*got[s]) if tokens == rows * w])
                 for s in ("ours", "peer"))
         by_width[w] = {"ours_ms": round(o, 1), "peer_ms": round(p, 1), "ratio": round(p / o, 3)}
-    emit(benchmark="train_vs_peer_widths", batch=32, precision="fp32", steps=a.steps,
+    emit(benchmark="train_vs_peer_widths", batch=32, precision=_precision(a), steps=a.steps,
          by_width=by_width)
 
 
