@@ -34,7 +34,7 @@ SIDES = {"tf default": ("tf", None), "tf intra 1": ("tf", "1"), "torch": ("torch
 def _tf_times(rows: list[int], reps: int) -> dict:
     import tensorflow as tf
 
-    def loop(m, shape, product):
+    def loop(shape, product):
         @tf.function
         def run():
             acc = tf.zeros(shape)
@@ -60,7 +60,7 @@ def _tf_times(rows: list[int], reps: int) -> dict:
                      "dx": ((m, k), lambda e: tf.matmul(dy + e, w, transpose_b=True)),
                      "dw": ((k, n), lambda e: tf.matmul(x + e, dy, transpose_a=True))}
             for layout, (shape, product) in cases.items():
-                ms = loop(m, shape, product) - loop(m, shape, None)
+                ms = loop(shape, product) - loop(shape, None)
                 out[f"{m}x{k}x{n} {layout}"] = ms
     return out
 
