@@ -27,8 +27,17 @@ import time
 from common import emit, median
 
 SHAPES = ((384, 384), (384, 1536), (1536, 384))  # (K, N) of W
-LAYOUTS = ("fwd", "dx", "dw")
 SIDES = {"tf default": ("tf", None), "tf intra 1": ("tf", "1"), "torch": ("torch", None)}
+
+
+def _ms_each(run, reps: int) -> float:
+    """Median over three calls of ``run`` (``reps`` products, already warm), ms a product."""
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return 1000 * median(times) / reps
 
 
 def _tf_times(rows: list[int], reps: int) -> dict:
@@ -44,12 +53,7 @@ def _tf_times(rows: list[int], reps: int) -> dict:
             return acc
 
         run()  # trace and warm
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t)
-        return 1000 * median(times) / reps
+        return _ms_each(run, reps)
 
     out = {}
     for m in rows:
@@ -74,15 +78,13 @@ def _torch_times(rows: list[int], reps: int) -> dict:
             x, w, dy = torch.randn(m, k), torch.randn(k, n), torch.randn(m, n)
             cases = {"fwd": lambda: x @ w, "dx": lambda: dy @ w.t(), "dw": lambda: x.t() @ dy}
             for layout, product in cases.items():
-                for _ in range(10):
-                    product()
-                times = []
-                for _ in range(3):
-                    t = time.perf_counter()
+                def run():  # each result dropped at once, not kept in a list
                     for _ in range(reps):
                         product()
-                    times.append(time.perf_counter() - t)
-                out[f"{m}x{k}x{n} {layout}"] = 1000 * median(times) / reps
+
+                for _ in range(10):  # warm
+                    product()
+                out[f"{m}x{k}x{n} {layout}"] = _ms_each(run, reps)
     return out
 
 
