@@ -13,10 +13,11 @@ its own copy of the same shuffled batch sequence. They take turns one step at a 
 the waiting one blocked on its pipe; the first to go alternates, so both see every batch
 width and every phase of this machine's drifting speed. Each step is timed to its loss
 being read. Prints the median ms per step of each, the median and quartiles of the
-per-batch ratio off/on (> 1: the switch makes training faster) and the ratio of the
-summed times. With `--switch none` the two sides are identical: its spread is the
-resolution. Windowed A/Bs (`layers_ab.py`) spread 0.86-1.17 per 25-step window on this
-machine kind; this one resolves about 1% with 300 steps.
+per-batch ratio off/on (> 1: the switch makes training faster), the ratio of the summed
+times, and each side's cores busy (CPU time over the wall time of its steps). With
+`--switch none` the two sides are identical: its spread is the resolution. Windowed A/Bs
+(`layers_ab.py`) spread 0.86-1.17 per 25-step window on this machine kind; this one
+resolves about 1% with 300 steps.
 
 Switches: `table`: `FusedAdamW.table_min_rows` (off: the word embedding's update made
 dense at the end of the step); `fast_layers`: `KT_PIPELINE_FAST_LAYERS` (off: KerasHub's
@@ -97,7 +98,8 @@ def main():
          off_ms_per_step=round(median(ms["off"]), 1), on_ms_per_step=round(median(ms["on"]), 1),
          ratio_median=round(median(ratios), 3),
          ratio_quartiles=[round(ratios[q], 3), round(ratios[3 * q], 3)],
-         ratio_of_sums=round(sum(ms["off"]) / sum(ms["on"]), 3))
+         ratio_of_sums=round(sum(ms["off"]) / sum(ms["on"]), 3),
+         cores_busy={side: sides[side].cores_busy() for side in sides})
 
 
 if __name__ == "__main__":

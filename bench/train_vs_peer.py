@@ -24,10 +24,12 @@ starts after ``--skip`` batches of its stream (default 500, where its rows hold 
 and every step counts its rows and unpadded tokens. Prints each side's examples/s and
 unpadded tokens/s and **ratio_tokens**, ours/peer in tokens/s (> 1: ours faster; the
 same length mix on both sides), with ratio_examples (what `cpu_train.py` compares)
-beside it, the tokens/s ratio in each 250-step pass and each tenth of the run (ten
-steps hold batches of similar lengths, so single chunks are not compared), and each
-side's tokens per row. Ours' batches come from its reader into the product's traced
-train step one at a time (counted in Python; `cpu_train.ours_fed_step`).
+beside it, the tokens/s ratio in each 250-step pass and each tenth of the run (ten steps
+hold batches of similar lengths, so single chunks are not compared), each side's tokens
+per row, and each side's cores busy (CPU time over the wall time of its steps: 2.0 on
+two cores leaves none idle; `turns.Side.cores_busy`). Ours' batches come from its reader
+into the product's traced train step one at a time (counted in Python;
+`cpu_train.ours_fed_step`).
 
 ``--mixed-precision``: both in bfloat16 (CPUs with AMX or AVX-512 bf16).
 
@@ -136,7 +138,8 @@ def main():
         with open(a.raw, "w", encoding="utf-8") as f:
             json.dump(got, f)
     if a.widths:
-        return _emit_widths(a, got)
+        return _emit_widths(a, got, sides)
+    busy = {s: side.cores_busy() for s, side in sides.items()}
     per_s = {s: [sum(x[j] for x in out) / (sum(ms) / 1000) for j in (0, 1)]
              for s, (ms, out) in got.items()}  # rows/s, tokens/s
     emit(benchmark="train_vs_peer", padding="bucket", seq=ct.SEQ, batch=ct.BATCH,
@@ -151,20 +154,24 @@ def main():
          ours_tokens_per_row=round(per_s["ours"][1] / per_s["ours"][0], 2),
          peer_tokens_per_row=round(per_s["peer"][1] / per_s["peer"][0], 2),
          ours_ms_per_step_median=round(median(got["ours"][0]), 1),
-         peer_ms_per_step_median=round(median(got["peer"][0]), 1))
+         peer_ms_per_step_median=round(median(got["peer"][0]), 1),
+         ours_cores_busy=busy["ours"], peer_cores_busy=busy["peer"])
 
 
 def _precision(a) -> str:
     return "bf16" if a.mixed_precision else "fp32"
 
 
-def _emit_widths(a, got) -> None:
-    """Median ms a step of each side by batch width, and peer/ours (> 1: ours faster)."""
+def _emit_widths(a, got, sides) -> None:
+    """Median ms a step of each side by batch width, peer/ours (> 1: ours faster) and each
+    side's cores busy."""
     by_width = {}
     for w in a.widths:
-        o, p = (median([ms for ms, (rows, tokens) in zip(*got[s]) if tokens == rows * w])
-                for s in ("ours", "peer"))
-        by_width[w] = {"ours_ms": round(o, 1), "peer_ms": round(p, 1), "ratio": round(p / o, 3)}
+        steps = {s: [i for i, (rows, tokens) in enumerate(got[s][1]) if tokens == rows * w]
+                 for s in sides}
+        o, p = (median([got[s][0][i] for i in steps[s]]) for s in ("ours", "peer"))
+        by_width[w] = {"ours_ms": round(o, 1), "peer_ms": round(p, 1), "ratio": round(p / o, 3),
+                       **{f"{s}_cores_busy": sides[s].cores_busy(steps[s]) for s in sides}}
     emit(benchmark="train_vs_peer_widths", batch=32, precision=_precision(a), steps=a.steps,
          by_width=by_width)
 

@@ -9,7 +9,9 @@ the difference being measured).
 A child calls :func:`serve` with its step function; the parent starts it with
 :class:`Side` and calls ``run(k)``, which returns the k steps' times in ms and what
 each step returned (any JSON value: a loss, counts of rows and tokens), or lets
-:func:`alternate` run two sides in turn.
+:func:`alternate` run two sides in turn. ``Side.cores_busy()`` is the side's CPU time
+over the wall time of its steps (threads that spin or wait count only while they use a
+core): near 2.0 on two cores when the side leaves none idle.
 
 Example (a child and its parent are the same script, as in ``train_ab.py``)::
 
@@ -41,12 +43,13 @@ def serve(step, warmup: int = 0) -> None:
         parts = line.split()
         if len(parts) != 2 or parts[0] != "run":
             break
-        times, outs = [], []
+        times, outs, cpu = [], [], []
         for _ in range(int(parts[1])):
-            t = time.perf_counter()
+            c, t = time.process_time(), time.perf_counter()  # CPU time: all its threads
             outs.append(step())
             times.append(1000 * (time.perf_counter() - t))
-        print(_REPLY, json.dumps({"ms": times, "out": outs}), flush=True)
+            cpu.append(1000 * (time.process_time() - c))
+        print(_REPLY, json.dumps({"ms": times, "out": outs, "cpu_ms": cpu}), flush=True)
 
 
 class Side:
@@ -54,6 +57,7 @@ class Side:
 
     def __init__(self, name: str, argv: list[str], env: dict | None = None):
         self.name = name
+        self.ms, self.cpu_ms = [], []  # each step's wall and CPU time: see `cores_busy`
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      env=env, text=True)
         for line in self.proc.stdout:  # what a library prints before "ready" is skipped
@@ -68,8 +72,18 @@ class Side:
         for line in self.proc.stdout:
             if line.startswith(_REPLY):
                 reply = json.loads(line[len(_REPLY):])
+                self.ms.extend(reply["ms"])
+                self.cpu_ms.extend(reply["cpu_ms"])
                 return reply["ms"], reply["out"]
         sys.exit(f"the {self.name} side stopped (its error is above)")
+
+    def cores_busy(self, steps=None) -> float:
+        """CPU time over wall time of the steps run so far (or of those numbered in
+        ``steps``): how many cores the side kept busy while it ran (2.0 on two cores: none
+        left idle)."""
+        picked = range(len(self.ms)) if steps is None else steps
+        wall = sum(self.ms[i] for i in picked)
+        return round(sum(self.cpu_ms[i] for i in picked) / wall, 2) if wall else 0.0
 
     def close(self) -> None:
         self.proc.stdin.close()
