@@ -44,7 +44,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from kt_pipeline import models, optim  # noqa: E402
+from kt_pipeline import batch_split, models, optim  # noqa: E402
 from kt_pipeline import strategy as strategies  # noqa: E402
 from kt_pipeline.config import TrainConfig  # noqa: E402
 from kt_pipeline.errors import ConfigError, KtError  # noqa: E402
@@ -170,6 +170,18 @@ def compile_classifier(model: keras.Model, optimizer, jit_compile: bool = False)
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=bool(jit_compile),
     )
+    if (model.jit_compile and batch_split.parts() > 1
+            and os.environ.get("TF_NUM_INTRAOP_THREADS") == "1"):
+        warnings.warn(
+            "jit_compile on a CPU with one TensorFlow intra-op thread (set by "
+            "kt_pipeline's batch split on machines with two cores or fewer): XLA then runs "
+            "on one core, 1.7x slower than with TF's default threads (BENCHMARKS.md section 3, "
+            "stop 21). Start with KT_PIPELINE_BATCH_SPLIT=0 to use XLA here, or leave "
+            "jit_compile off (faster on CPUs either way).", stacklevel=2)
+    if model.jit_compile and hasattr(optimizer, "table_min_rows"):
+        # XLA cannot compile the table update (`DisableCopyOnRead` has no XLA kernel):
+        # under `jit_compile` an embedding's sparse gradient takes the dense update.
+        optimizer.table_min_rows = math.inf
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
     return model

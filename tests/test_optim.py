@@ -210,3 +210,22 @@ def test_fused_update_computes_its_scalars_once_not_per_variable():
             assert sum(op.type == "ResourceApplyAdam" for op in ops) == len(variables)
     assert counts[True] <= 8 * len(variables) + 150, counts
     assert counts[True] < counts[False] / 3, counts
+
+
+def test_a_jit_compiled_step_trains_a_word_embedding_table():
+    """Under `jit_compile` (XLA) a table-sized embedding's sparse gradient takes the dense
+    update: the table update's `DisableCopyOnRead` has no XLA kernel, and the first step
+    of `kt-pipeline train --jit-compile` on MiniLM (30,522 rows) failed with it."""
+    from kt_pipeline import training
+
+    rows = optim.FusedAdamW.table_min_rows
+    ids = keras.Input((5,), dtype="int32")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(rows, 4)(ids))
+    model = keras.Model(ids, keras.layers.Dense(2)(pooled))
+    training.compile_classifier(model, optim.build_optimizer(1e-2, 0, 10), jit_compile=True)
+    table = model.layers[1].embeddings
+    before = table.numpy()
+    x = np.arange(20, dtype="int32").reshape(4, 5)
+    model.train_on_batch(x, np.array([0, 1, 0, 1]))
+    moved = np.any(table.numpy() != before, axis=1)
+    assert moved[:20].all()  # the rows the batch used took their update
