@@ -4,7 +4,7 @@ On a CPU TensorFlow runs one op on several threads (its intra-op pool) and indep
 ops at once (its inter-op pool). On two cores the two compete: with TF's default
 threads an attention-sized matrix product takes 0.58 ms against 0.40 with one intra-op
 thread (``bench/matmul_threads.py``). One intra-op thread alone helps short batches but
-leaves every element-wise kernel on one core, 8-23% slower at 32-128 tokens a row
+leaves every element-wise kernel on one core, 7-23% slower at 32-128 tokens a row
 (BENCHMARKS.md, section 3, stop 21). Here the backbone's training pass runs on the two
 halves of the batch as two independent chains of ops, which the inter-op threads run
 at once, one core each: with one intra-op thread a MiniLM training step is 1.12-1.14x
@@ -13,8 +13,8 @@ faster than with TF's default threads at 16-128 tokens a row and as fast at 2.
 The arithmetic is unchanged: the halves' outputs are put back together before the head
 and the loss, so the loss, the metrics and the gradients (summed over both halves by
 autodiff) are the full batch's, to float32 rounding; each half draws its own dropout
-masks. Only training calls split (``training=True``, a batch of at least two rows);
-evaluation, prediction, export and what gets saved are untouched.
+masks. Only training calls split (``training=True`` on real tensors; a one-row batch
+leaves one part empty); evaluation, prediction, export and what gets saved are untouched.
 
 :func:`parts` decides: ``KT_PIPELINE_BATCH_SPLIT`` = ``0``/``1`` off, ``2``-``8`` that
 many parts; unset or ``auto``: 2 on a machine with at most two cores and no NVIDIA

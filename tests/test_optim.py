@@ -212,12 +212,13 @@ def test_fused_update_computes_its_scalars_once_not_per_variable():
     assert counts[True] < counts[False] / 3, counts
 
 
-def test_a_jit_compiled_step_trains_a_word_embedding_table():
+def test_a_jit_compiled_step_trains_a_word_embedding_table(monkeypatch):
     """Under `jit_compile` (XLA) a table-sized embedding's sparse gradient takes the dense
     update: the table update's `DisableCopyOnRead` has no XLA kernel, and the first step
     of `kt-pipeline train --jit-compile` on MiniLM (30,522 rows) failed with it."""
     from kt_pipeline import training
 
+    monkeypatch.setenv("KT_PIPELINE_BATCH_SPLIT", "0")  # no warning about XLA's one thread
     rows = optim.FusedAdamW.table_min_rows
     ids = keras.Input((5,), dtype="int32")
     pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(rows, 4)(ids))
