@@ -38,7 +38,6 @@ True
 from __future__ import annotations
 
 import os
-import types
 
 ENV = "KT_PIPELINE_BATCH_SPLIT"
 MAX_PARTS = 8
@@ -83,10 +82,9 @@ def install(backbone) -> bool:
 
     if any(tf.config.list_physical_devices(kind) for kind in ("GPU", "TPU")):
         return False
-    if not getattr(backbone, "_kt_split", False):
-        backbone._kt_unsplit_call = backbone.call
-        backbone.call = types.MethodType(_split_call, backbone)
-        backbone._kt_split = True
+    from kt_pipeline.fast_layers import swap_call
+
+    swap_call(backbone, _split_call, flag="_kt_split", stock="_kt_unsplit_call")
     return True
 
 

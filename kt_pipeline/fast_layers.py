@@ -240,11 +240,17 @@ def install_cls_only(backbone) -> bool:
     last = _last_transformer_layer(backbone)
     if not isinstance(last, TransformerEncoder) or len(getattr(last, "_inbound_nodes", [])) != 1:
         return False
-    if not getattr(last, "_kt_cls_only", False):
-        last._kt_stock_call = last.call
-        last.call = types.MethodType(_cls_only_call, last)
-        last._kt_cls_only = True
+    swap_call(last, _cls_only_call, flag="_kt_cls_only", stock="_kt_stock_call")
     return True
+
+
+def swap_call(layer, new_call, flag: str, stock: str) -> None:
+    """Make ``new_call`` (a function of ``self``) ``layer``'s ``call``, keeping the one it
+    replaces as ``layer.<stock>`` and marking ``layer.<flag>``; nothing if already marked."""
+    if not getattr(layer, flag, False):
+        setattr(layer, stock, layer.call)
+        layer.call = types.MethodType(new_call, layer)
+        setattr(layer, flag, True)
 
 
 def remove_cls_only(backbone) -> None:
