@@ -38,6 +38,7 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from kt_pipeline import batch_split  # noqa: E402
 from kt_pipeline.errors import KtError  # noqa: E402
 
 EXPORT_SUBDIR = "export"
@@ -91,7 +92,9 @@ def make_serving_fn(model, tokenizer, labels, max_seq_length: int):
         ids = encoding.encode(text, max_seq_length)
         token_ids = ids.to_tensor(default_value=encoding.pad_id)
         padding_mask = tf.ones_like(ids, dtype=tf.bool).to_tensor(default_value=False)
-        logits = model({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
+        with batch_split.suspended():  # the SavedModel may be served anywhere: whole batches
+            logits = model({"token_ids": token_ids, "padding_mask": padding_mask},
+                           training=False)
         probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
         label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {

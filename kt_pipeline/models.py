@@ -226,4 +226,8 @@ def load_classifier(model_dir: str) -> keras.Model:
     """Load the trained classifier from a model dir (local, ``gs://`` or ``ram://``)."""
     import keras_hub  # noqa: F401  (registers the backbone classes)
 
-    return keras.saving.load_model(saved_model_path(model_dir), compile=False)
+    from kt_pipeline import batch_split
+
+    model = keras.saving.load_model(saved_model_path(model_dir), compile=False)
+    batch_split.install_in(model)  # two-core CPUs: evaluation and prediction in halves
+    return model

@@ -80,17 +80,41 @@ def test_split_training_pass_matches_the_whole_batch(tiny_preset, monkeypatch, r
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_inference_and_symbolic_calls_are_not_split(tiny_preset, monkeypatch):
-    monkeypatch.setenv(batch_split.ENV, "2")
-    backbone = encoders.load_backbone(tiny_preset)
-    model = models.build_classifier(backbone, 2, "mean")  # symbolic call: not split
+def _count_calls(backbone) -> list:
+    """Rows of each call of the backbone's stock call from now on."""
     calls = []
     stock = backbone._kt_unsplit_call
     backbone._kt_unsplit_call = lambda inputs, **kw: (calls.append(
         int(inputs["token_ids"].shape[0])), stock(inputs, **kw))[1]
-    model(_batch(4), training=False)
-    model.predict(_batch(4), verbose=0)
-    assert calls == [4, 4]
+    return calls
+
+
+def test_inference_splits_but_symbolic_and_suspended_calls_do_not(tiny_preset, monkeypatch):
+    monkeypatch.setenv(batch_split.ENV, "2")
+    backbone = encoders.load_backbone(tiny_preset)
+    model = models.build_classifier(backbone, 2, "mean")  # symbolic call: not split
+    calls = _count_calls(backbone)
+    whole = model(_batch(4), training=False)
+    assert calls == [2, 2]
+    calls.clear()
+    with batch_split.suspended():  # what export traces its serving function under
+        same = model(_batch(4), training=False)
+    assert calls == [4]
+    np.testing.assert_allclose(whole, same, atol=1e-5)
+
+
+def test_a_loaded_classifier_gets_the_split(tiny_preset, tmp_path, monkeypatch):
+    """`models.load_classifier` (what evaluate and predict use) installs it too."""
+    monkeypatch.setenv(batch_split.ENV, "2")
+    model = models.build_classifier(encoders.load_backbone(tiny_preset), 2, "cls")
+    model.save(str(tmp_path / "best.keras"))
+    loaded = models.load_classifier(str(tmp_path))
+    backbone = [layer for layer in loaded.layers if getattr(layer, "_kt_split", False)]
+    assert len(backbone) == 1
+    calls = _count_calls(backbone[0])
+    np.testing.assert_allclose(loaded.predict(_batch(6), verbose=0),
+                               model.predict(_batch(6), verbose=0), atol=1e-5)
+    assert calls == [3, 3]
 
 
 def test_a_traced_train_step_splits_and_learns(tiny_preset, monkeypatch):
