@@ -1,4 +1,4 @@
-"""Two-core CPU training: each batch's encoder pass split in halves that run side by side.
+"""Two-core CPUs: each batch's encoder pass split in halves that run side by side.
 
 On a CPU TensorFlow runs one op on several threads (its intra-op pool) and independent
 ops at once (its inter-op pool). On two cores the two compete: with TF's default
@@ -50,7 +50,7 @@ _STATE = threading.local()  # .suspended: calls traced now are not split
 
 
 def parts() -> int:
-    """How many parts a training batch's encoder pass is split into (1: not split).
+    """How many parts a batch's encoder pass is split into (1: not split).
 
     From ``KT_PIPELINE_BATCH_SPLIT``; unset or ``auto`` gives 2 on a machine with at
     most two cores and no NVIDIA driver (``/proc/driver/nvidia``), else 1. A value
