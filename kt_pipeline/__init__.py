@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 # an A/B confounded by tf.data autotuner stalls (fixed in reader.py); measured without the
 # stalls, on trains MiniLM at 1.1-1.4x the examples/s of off (BENCHMARKS.md section 3).
 
-# On a machine with two cores or fewer (and no NVIDIA driver) training batches run as two
+# On a machine with two cores or fewer (and no NVIDIA driver) batches run as two
 # halves side by side, one core each, with one TensorFlow intra-op thread (set here unless
 # set; TensorFlow reads it when it starts): MiniLM's steps 1.12-1.14x faster at 16-128 tokens
 # a row (BENCHMARKS.md section 3, stop 21). KT_PIPELINE_BATCH_SPLIT=0 turns both off.

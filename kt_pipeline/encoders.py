@@ -132,8 +132,8 @@ def load_tokenizer(preset: str | None):
 def load_backbone(preset: str | None, load_weights: bool = True, **kwargs):
     """Load the KerasHub backbone for a preset, with `fast_layers` installed (same
     arithmetic as KerasHub's layers, fewer ops; ``KT_PIPELINE_FAST_LAYERS=0`` turns
-    that off) and, on a two-core CPU, `batch_split` (training batches run as two
-    halves side by side; ``KT_PIPELINE_BATCH_SPLIT=0`` turns that off)."""
+    that off) and, on a two-core CPU, `batch_split` (batches run as two halves side
+    by side; ``KT_PIPELINE_BATCH_SPLIT=0`` turns that off)."""
     import keras_hub
 
     from kt_pipeline import batch_split, fast_layers
