@@ -9,13 +9,13 @@ Two streaming passes keep memory flat as the input grows:
 
 1. parse every row (:mod:`kt_pipeline.sources`), count skips by reason, and keep only
    compact per-row numpy metadata (row ordinal, line, label index, group id, a 64-bit
-   text hash). Meanwhile a background thread tokenises the candidate texts in batches
-   (at ``max_length``, via :mod:`kt_pipeline.fast_wordpiece` when it applies) into a
-   local temp :class:`Spill`. Then choose the label set, drop rows outside it, drop
-   exact duplicate texts, and assign splits (stratified by label, or grouped) and shards;
-2. stream the spill back through ``tf.data`` (dropping the rows not kept, adding
-   labels and columns, serialising ``tf.train.Example`` records in-graph) and write
-   the shards. The source is read once; its sha256 is computed from the same bytes.
+   text hash), and copy the candidate rows to a local temp :class:`Spill`. Then choose
+   the label set, drop rows outside it, drop exact duplicate texts, and assign splits
+   (stratified by label, or grouped) and shards;
+2. stream the spill back through ``tf.data`` (tokenising at ``max_length``, via
+   :mod:`kt_pipeline.fast_wordpiece` when it applies, dropping the rows not kept,
+   adding labels and columns, serialising ``tf.train.Example`` records in-graph, one
+   batch per core at a time) and write the shards. The source is read once; its sha256 is computed from the same bytes.
 
 Writes are atomic: shards go to a fresh ``data-<build_id>/`` and ``manifest.json`` is
 written last (temp file + rename). A killed build leaves no loadable cache (or the
@@ -178,8 +178,8 @@ def scan(source: Source, strict: bool = False, progress: bool = True,
          spill: Optional["Spill"] = None) -> Scan:
     """Pass 1: read all rows, count source-level skips, keep compact metadata.
 
-    With ``spill``, every candidate row is also handed to it (tokenised in the
-    background while parsing goes on), so pass 2 need not parse the source again.
+    With ``spill``, every candidate row is also copied to it, so pass 2 need not parse
+    the source again.
     """
     cols = {k: array.array(t) for k, t in
             (("ordinal", "q"), ("line", "q"), ("label", "i"), ("group", "i"), ("hashes", "Q"))}
@@ -372,41 +372,32 @@ def _remove_orphan_spills() -> None:
 class Spill:
     """Pass-1 copy of the candidate rows, in local temp TFRecords, in row order.
 
-    Texts are tokenised as they arrive, in batches, by a background thread (TF ops
-    release the GIL, so this overlaps with parsing); what is kept per row is the
-    serialised ``length`` + ``token_ids`` feature entries (see :func:`id_entries`), plus
-    the group and extra columns as raw bytes. Pass 2 streams this back through
-    ``tf.data``. Use as a context manager; the files are deleted on exit.
+    One record per row and column: the text's UTF-8 bytes, then the group and extra
+    columns when the cache has them. Pass 2 streams them back through ``tf.data``
+    (which tokenises them; see :func:`write_shards`). Use as a context manager; the
+    files are deleted on exit.
+
+    Tokenising here instead, in a thread beside the parser, was measured slower: the
+    tokenising thread waits for the GIL while the parser holds it, so the two ran one
+    after the other (see BENCHMARKS.md, section 1).
     """
 
-    def __init__(self, has_group: bool, extra_cols: Sequence[str], encode_ids,
-                 batch: int = 0):
-        import queue
+    def __init__(self, has_group: bool, extra_cols: Sequence[str]):
         import tempfile
-        import threading
 
         import tensorflow as tf
 
         _remove_orphan_spills()
         self.dir = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
         self.has_group, self.num_extras = has_group, len(extra_cols)
-        names = ["ids"] + (["group"] if has_group else []) + [f"x{i}" for i in range(len(extra_cols))]
+        names = ["text"] + (["group"] if has_group else []) + [f"x{i}" for i in range(len(extra_cols))]
         self.paths = [os.path.join(self.dir, f"{n}.tfrecord") for n in names]
         self._writers = [tf.io.TFRecordWriter(p) for p in self.paths]
-        self._encode_ids, self._batch_size = encode_ids, batch or ENCODE_BATCH
-        self._texts: list = []
-        self._queue: "queue.Queue" = queue.Queue(maxsize=4)
-        self._error: Optional[BaseException] = None
         self._closed = False
-        self._thread = threading.Thread(target=self._tokenize_loop, daemon=True)
-        self._thread.start()
-        rest = [_tf_write(w) for w in self._writers[1:]]
-        texts = self._texts
+        text, rest = _tf_write(self._writers[0]), [_tf_write(w) for w in self._writers[1:]]
         if rest:
-            def write(text, group, extras):
-                texts.append(text)
-                if len(texts) >= self._batch_size:
-                    self._flush()
+            def write(text_bytes, group, extras):
+                text(text_bytes)
                 i = 0
                 if has_group:
                     rest[0]((group or "").encode("utf-8"))
@@ -414,52 +405,19 @@ class Spill:
                 for j, v in enumerate(extras):
                     rest[i + j]((v or "").encode("utf-8"))
         else:
-            def write(text, group, extras):
-                texts.append(text)
-                if len(texts) >= self._batch_size:
-                    self._flush()
+            def write(text_bytes, group, extras):
+                text(text_bytes)
         self.write = write  # write(text_bytes, group, extras): add one candidate row
 
-    def _flush(self) -> None:
-        if self._texts:
-            self._queue.put(list(self._texts))
-            self._texts.clear()
-        if self._error is not None:
-            raise self._error
-
-    def _tokenize_loop(self) -> None:
-        import tensorflow as tf
-
-        write = _tf_write(self._writers[0])
-        while True:
-            texts = self._queue.get()
-            if texts is None:
-                return
-            if self._error is not None:
-                continue
-            try:
-                for rec in self._encode_ids(tf.constant(texts, tf.string)).numpy().tolist():
-                    write(rec)
-            except BaseException as e:  # re-raised in the parsing thread
-                self._error = e
-
     def close(self) -> None:
-        """Tokenise what is left and wait for the background thread."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._flush()
-        finally:
-            self._queue.put(None)
-            self._thread.join()
+        """Finish the files (idempotent)."""
+        if not self._closed:
+            self._closed = True
             for w in self._writers:
                 w.close()
-        if self._error is not None:
-            raise self._error
 
     def dataset(self):
-        """``(id_entries, group, extras[k])`` per candidate row, in pass-1 order."""
+        """``(text, group, extras[k])`` per candidate row, in pass-1 order."""
         import tensorflow as tf
 
         self.close()
@@ -474,9 +432,6 @@ class Spill:
 
         try:
             self.close()
-        except BaseException:
-            if exc[0] is None:
-                raise
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -585,14 +540,32 @@ class _IdsEncoder:
         self._full_tok = fast if fast is not None else tokenizer
         self._traced = traced
 
+    def _full(self):
+        if self._full_fn is None:
+            self._full_fn = self._traced(self._full_tok)
+        return self._full_fn
+
     def __call__(self, texts):
         import tensorflow as tf
 
         if self._fast is not None and bool(tf.reduce_all(self._fast.is_safe(texts))):
             return self._safe_fn(texts)
-        if self._full_fn is None:
-            self._full_fn = self._traced(self._full_tok)
-        return self._full_fn(texts)
+        return self._full()(texts)
+
+    def in_graph(self, texts):
+        """``(entries, ok)`` inside a traced function (e.g. a ``tf.data`` map).
+
+        ``ok`` is False when a batch needs the KerasHub fallback, which stays untraced
+        until then: its ``entries`` are then placeholders, and the caller must call this
+        encoder eagerly on the batch instead.
+        """
+        import tensorflow as tf
+
+        if self._fast is None:
+            return self._full()(texts), tf.constant(True)
+        ok = tf.reduce_all(self._fast.is_safe(texts))
+        entries = tf.cond(ok, lambda: self._safe_fn(texts), lambda: tf.fill(tf.shape(texts), ""))
+        return entries, ok
 
 
 def ids_encoder(tokenizer, max_length: int) -> _IdsEncoder:
@@ -653,10 +626,12 @@ def _assembler(has_group: bool, extra_cols: tuple):
     return assemble
 
 
-def write_shards(spill: Spill, sc: Scan, keep: np.ndarray, splits, shards, nshards,
-                 data_dir: str, extra_cols: Sequence[str] = (), progress: bool = True) -> list:
-    """Pass 2: stream the spilled rows through tf.data (drop the rows not kept, add
-    labels and columns, serialise Examples: all in C++), write the shards."""
+def write_shards(spill: Spill, encode_ids: _IdsEncoder, sc: Scan, keep: np.ndarray, splits,
+                 shards, nshards, data_dir: str, extra_cols: Sequence[str] = (),
+                 progress: bool = True) -> list:
+    """Pass 2: stream the spilled rows through tf.data (tokenise, drop the rows not kept,
+    add labels and columns, serialise Examples: all in C++, on every core), write the
+    shards."""
     import tensorflow as tf
 
     n_cand = len(sc.ordinal)
@@ -668,17 +643,31 @@ def write_shards(spill: Spill, sc: Scan, keep: np.ndarray, splits, shards, nshar
     assemble = _assembler(spill.has_group, tuple(extra_cols))
     key_t, label_t = tf.constant(key), tf.constant(label)
 
-    @tf.autograph.experimental.do_not_convert
-    def with_meta(rows, start):  # a spill batch holds candidate rows [start, start + n)
+    def meta(start, n):  # a batch holds candidate rows [start, start + n)
         s = tf.cast(start, tf.int32)
-        e = s + tf.shape(rows[0])[0]
-        return assemble(rows, (key_t[s:e], label_t[s:e]))
+        return key_t[s:s + n], label_t[s:s + n]
 
+    @tf.autograph.experimental.do_not_convert
+    def tokenize_and_assemble(rows, start):
+        entries, ok = encode_ids.in_graph(rows[0])
+        records, keys = assemble((entries,) + rows[1:], meta(start, tf.shape(rows[0])[0]))
+        return records, keys, ok, rows, start
+
+    def fallback(rows, start):  # a batch with texts the fast tokenizer does not take
+        entries = encode_ids(rows[0])
+        return assemble((entries,) + rows[1:], meta(start, tf.shape(rows[0])[0]))
+
+    # tf.data's autotuning is off: on SST-2 it added a ~0.15 s stall to about two builds
+    # in three (BENCHMARKS.md, section 1); one map call per core is what it settles on.
+    options = tf.data.Options()
+    options.autotune.enabled = False
     ds = (
         tf.data.Dataset.zip((spill.dataset().batch(ENCODE_BATCH),
                              tf.data.Dataset.range(0, max(n_cand, 1), ENCODE_BATCH)))
-        .map(with_meta, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .map(tokenize_and_assemble, num_parallel_calls=max(2, os.cpu_count() or 2),
+             deterministic=True)
         .prefetch(2)
+        .with_options(options)
     )
     gf = _gfile()
     gf.makedirs(data_dir)
@@ -691,7 +680,9 @@ def write_shards(spill: Spill, sc: Scan, keep: np.ndarray, splits, shards, nshar
     counts = np.zeros(len(SPLITS) * MAX_SHARDS_PER_SPLIT, np.int64)
     try:
         with Progress("pass 2/2: tokenize+write", total=len(keep), enabled=progress) as bar:
-            for b, (records, keys) in enumerate(ds):
+            for b, (records, keys, ok, rows, start) in enumerate(ds):
+                if not ok:
+                    records, keys = fallback(rows, start)
                 keys = keys.numpy()
                 for rec, kk in zip(records.numpy().tolist(), keys.tolist()):
                     write[kk](rec)
@@ -807,7 +798,7 @@ def build_cache(input_path: str, cache_dir: Optional[str] = None, *,
     tokenizer, preset = _tokenizer(tokenizer, preset)
     encode_ids = ids_encoder(tokenizer, st.max_length)
 
-    with Spill(st.group_col is not None, st.extra_cols, encode_ids) as spill:
+    with Spill(st.group_col is not None, st.extra_cols) as spill:
         sc = scan(source, st.strict, progress, spill)
         spill.close()
         if sha256 is not None and sha256 != sc.sha256:
@@ -826,7 +817,7 @@ def build_cache(input_path: str, cache_dir: Optional[str] = None, *,
 
         build_id = _new_build_id()
         _gfile().makedirs(cache_dir)
-        shard_list = write_shards(spill, sc, keep, splits, shards, nshards,
+        shard_list = write_shards(spill, encode_ids, sc, keep, splits, shards, nshards,
                                   posixpath.join(cache_dir, f"data-{build_id}"),
                                   st.extra_cols, progress)
     written = {split: int((splits == s).sum()) for s, split in enumerate(SPLITS)}

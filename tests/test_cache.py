@@ -407,3 +407,41 @@ def test_spill_dirs_of_killed_builds_are_removed(tmp_path, tok):
                       progress=False)
     assert not orphan.exists()
     assert not list(pathlib.Path(tempfile.gettempdir()).glob(f"{cache.SPILL_PREFIX}{os.getpid()}-*"))
+
+
+def _records(manifest):
+    """{x_id: (token_ids, label, x_note)} of every record the build wrote."""
+    out = {}
+    for s in manifest["shards"]:
+        for raw in tf.data.TFRecordDataset(os.path.join(manifest["cache_dir"], s["path"])):
+            f = tf.train.Example.FromString(raw.numpy()).features.feature
+            assert f["length"].int64_list.value[0] == len(f["token_ids"].int64_list.value)
+            out[f["x_id"].bytes_list.value[0].decode()] = (
+                list(f["token_ids"].int64_list.value), f["label"].int64_list.value[0],
+                f["x_note"].bytes_list.value[0].decode())
+    return out
+
+
+def test_every_record_holds_the_keras_hub_ids_of_its_text(tmp_path, tok):
+    """Several tokenising batches, one of them with texts only KerasHub's tokenizer takes
+    (the fast path's fallback): each record's ids are the KerasHub tokenizer's own."""
+    from kt_pipeline import encoders, fast_wordpiece
+
+    n = cache.ENCODE_BATCH * 2 + 37
+    unsafe = {cache.ENCODE_BATCH + 5: "no\u00a0break space", cache.ENCODE_BATCH + 9: "ctrl\x01char"}
+    fast = fast_wordpiece.fast_tokenizer(tok)
+    assert fast is not None and not any(fast.is_safe_text(t) for t in unsafe.values())
+    texts = [unsafe.get(i, " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(1 + i % 9))
+                        + f" {i}") for i in range(n)]
+    lines = ["id,text,label,note"] + [f'{i},"{t}",{"ab"[i % 2]},n{i % 5}' for i, t in enumerate(texts)]
+    src = tmp_path / "d.csv"
+    src.write_text("\n".join(lines) + "\n")
+    m = cache.build_cache(str(src), str(tmp_path / "c"), tokenizer=tok, progress=False,
+                          max_length=12, extra_cols=("id", "note"))
+    got = _records(m)
+    assert len(got) == n
+    want = encoders.TextEncoding(tok).encode(tf.constant(texts), 12).to_list()
+    for i, t in enumerate(texts):
+        ids, label, note = got[str(i)]
+        assert ids == want[i], (i, t)
+        assert m["labels"][label] == "ab"[i % 2] and note == f"n{i % 5}"
