@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -252,7 +253,9 @@ class FusedAdamW(keras.optimizers.AdamW):
         while the forward and backward passes do; then the touched rows, read before
         that pass (their ids come from the input), get the update with their gradient
         and are written back. Same arithmetic as the fused kernel; ``keep`` is the
-        decay factor (None: no decay).
+        decay factor (None: no decay). The pass over the whole table is one XLA loop
+        (:func:`_zero_gradient_pass`), which reads and writes each of the table's three
+        tensors once.
         """
         import tensorflow as tf
 
@@ -263,10 +266,8 @@ class FusedAdamW(keras.optimizers.AdamW):
         # in copy-on-read mode, where every later dense read or update copies it whole.
         w0, m0, v0 = (tf.gather(x.value(), rows) for x in (var, m, v))
         with tf.control_dependencies([w0, m0, v0]):  # reads released: updates in place
-            if keep is not None:
-                var.assign(var * keep)
-            tf.raw_ops.ResourceApplyAdam(var=var.handle, m=m.handle, v=v.handle,
-                                         grad=tf.zeros(var.shape, var.dtype), **scalars)
+            _zero_gradient_pass()(var, m, v, tf.constant(1.0, var.dtype) if keep is None else keep,
+                                  *(scalars[k] for k in _SCALARS))
         s = scalars
         m1 = m0 + (grad - m0) * (1.0 - s["beta1"])
         v1 = v0 + (tf.square(grad) - v0) * (1.0 - s["beta2"])
@@ -282,6 +283,35 @@ class FusedAdamW(keras.optimizers.AdamW):
         if not self._fusable(variable):
             return super().update_step(gradient, variable, learning_rate)
         self._apply_adam(variable, gradient, self._adam_scalars(learning_rate, variable.dtype))
+
+
+_SCALARS = ("lr", "beta1", "beta2", "beta1_power", "beta2_power", "epsilon")
+
+
+@functools.cache
+def _zero_gradient_pass():
+    """``f(var, m, v, keep, *scalars)``: weight decay by ``keep``, then the fused Adam
+    kernel's step with a zero gradient, in one XLA-compiled loop over the variables.
+
+    ``ResourceApplyAdam`` with ``tf.zeros`` after a decay ``Mul`` makes ten passes over
+    an embedding table (47 MB for MiniLM) a step; this makes six, the least (read
+    ``var``, ``m``, ``v``, write them back). Same expressions as the kernel's:
+    ``m += (g - m)(1 - b1)``, ``v += (g^2 - v)(1 - b2)``, ``var -= m alpha / (sqrt(v) + eps)``
+    with ``g = 0``. On the two-core AMX Xeon: 1.03-1.04x a training step (A/B both ways;
+    BENCHMARKS.md, section 3, stop 22).
+    """
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True, autograph=False)
+    def zero_gradient_pass(var, m, v, keep, lr, beta1, beta2, beta1_power, beta2_power, epsilon):
+        alpha = lr * tf.sqrt(1.0 - beta2_power) / (1.0 - beta1_power)
+        m1 = m + (0.0 - m) * (1.0 - beta1)
+        v1 = v + (0.0 - v) * (1.0 - beta2)
+        m.assign(m1)
+        v.assign(v1)
+        var.assign(var * keep - m1 * alpha / (tf.sqrt(v1) + epsilon))
+
+    return zero_gradient_pass
 
 
 def _sum_duplicate_rows(g):
