@@ -15,7 +15,8 @@ Two streaming passes keep memory flat as the input grows:
 2. stream the spill back through ``tf.data`` (tokenising at ``max_length``, via
    :mod:`kt_pipeline.fast_wordpiece` when it applies, dropping the rows not kept,
    adding labels and columns, serialising ``tf.train.Example`` records in-graph, one
-   batch per core at a time) and write the shards. The source is read once; its sha256 is computed from the same bytes.
+   batch per core at a time) and write the shards. The source is read once; its
+   sha256 is computed from the same bytes.
 
 Writes are atomic: shards go to a fresh ``data-<build_id>/`` and ``manifest.json`` is
 written last (temp file + rename). A killed build leaves no loadable cache (or the
@@ -432,6 +433,9 @@ class Spill:
 
         try:
             self.close()
+        except BaseException:
+            if exc[0] is None:  # else keep the error that is on its way out
+                raise
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
