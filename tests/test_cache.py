@@ -433,7 +433,8 @@ def test_every_record_holds_the_keras_hub_ids_of_its_text(tmp_path, tok, model_t
         tok = encoders.load_tokenizer(
             hf_fixtures.write_hf_checkpoint(str(tmp_path / model_type), model_type))
     n = cache.ENCODE_BATCH * 2 + 37
-    unsafe = {cache.ENCODE_BATCH + 5: "no\u00a0break space", cache.ENCODE_BATCH + 9: "ctrl\x01char"}
+    b = cache.ENCODE_BATCH
+    unsafe = {b + 5: "no\u00a0break space", b + 9: "ctrl\x01char"}
     fast = fast_wordpiece.fast_tokenizer(tok)
     if model_type == "tiny-bert":
         assert fast is not None and not any(fast.is_safe_text(t) for t in unsafe.values())
@@ -441,7 +442,8 @@ def test_every_record_holds_the_keras_hub_ids_of_its_text(tmp_path, tok, model_t
         assert fast is None
     texts = [unsafe.get(i, " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(1 + i % 9))
                         + f" {i}") for i in range(n)]
-    lines = ["id,text,label,note"] + [f'{i},"{t}",{"ab"[i % 2]},n{i % 5}' for i, t in enumerate(texts)]
+    lines = ["id,text,label,note"] + [f'{i},"{t}",{"ab"[i % 2]},n{i % 5}'
+                                      for i, t in enumerate(texts)]
     src = tmp_path / "d.csv"
     src.write_text("\n".join(lines) + "\n")
     m = cache.build_cache(str(src), str(tmp_path / "c"), tokenizer=tok, progress=False,
