@@ -141,7 +141,7 @@ def ours_ready(cache_dir, configure=None, warmup=10):
     if configure is not None:
         configure(model)
     ds = ours_data(cache_dir, "bucket", opts)
-    model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)  # build and trace now
+    model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0, shuffle=False)  # build, trace
     return model, ds
 
 
@@ -210,7 +210,7 @@ def ours_tta(a):
         ds = ours_data(caches["train"], "bucket", a)
         val = ours_data(caches["val"], "bucket", a, repeat=False, shuffle=False)
         cb = Stop(val)
-        model.fit(ds, steps_per_epoch=total, epochs=1, verbose=0, callbacks=[cb])
+        model.fit(ds, steps_per_epoch=total, epochs=1, verbose=0, callbacks=[cb], shuffle=False)
     return cb.hit, cb.curve
 
 
