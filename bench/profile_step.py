@@ -13,11 +13,19 @@ up, and so do ``mul_1``...``mul_210`` of one name scope). The sums cover every
 TensorFlow compute thread, so they exceed the wall time when two ops run at once; the
 profiler itself slows the step by 10-20% (the wall time per step is printed too).
 Prints a table, then one JSON line with the op types' milliseconds per step.
+
+``--concurrency`` adds how many of the executor's ops run at once over the steps (ms a
+step with none, one, two or more), which op types run alone, and the idle time at the
+step's edges: from the traced function's start to its first op, from its last op to the
+function's end, and between two calls (Python). An XLA-compiled function (the embedding
+table's pass, ``optim._zero_gradient_pass``) leaves no op event, so while it runs the op
+beside it counts as alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import glob
 import re
@@ -31,31 +39,82 @@ LAYER = re.compile(r"_layer_\d+")
 SUFFIX = re.compile(r"_\d+(?=:)")  # mul_210:Mul -> mul:Mul
 
 
-def op_times(xplane_path: str, steps: int) -> tuple[dict, dict, dict]:
-    """Milliseconds per step by op type and by op name (layers merged), and ops per step.
-
-    Only the executor threads' op events count (named ``name:OpType``); its own spans
-    (``ExecutorState::Process``, ``ParallelFor``) contain op events and would count twice.
-    """
+def load_space(xplane_path: str):
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     space = xplane_pb2.XSpace()
     with open(xplane_path, "rb") as f:
         space.ParseFromString(f.read())
-    by_type, by_name, count = (collections.Counter() for _ in range(3))
+    return space
+
+
+def op_events(space) -> list[tuple[int, int, str]]:
+    """``(start_ps, end_ps, name)`` of every op the executor's threads ran, by start.
+
+    Only op events count (named ``name:OpType``); the executor's own spans
+    (``ExecutorState::Process``, ``ParallelFor``) contain op events and would count twice.
+    """
+    out = []
     for plane in space.planes:
         for line in plane.lines:
             if not line.name.startswith("tf_Compute"):  # the executor's threads
                 continue
+            base = line.timestamp_ns * 1000
             for event in line.events:
                 name = plane.event_metadata[event.metadata_id].name
                 if ":" not in name or "::" in name:  # the executor's own spans
                     continue
-                ms, op_type = event.duration_ps / 1e9 / steps, name.rsplit(":", 1)[1]
-                by_type[op_type] += ms
-                by_name[SUFFIX.sub("", LAYER.sub("_layer_N", name))] += ms
-                count[op_type] += 1 / steps
+                start = base + event.offset_ps
+                out.append((start, start + event.duration_ps, name))
+    return sorted(out)
+
+
+def op_times(events, steps: int) -> tuple[dict, dict, dict]:
+    """Milliseconds per step by op type and by op name (layers merged), and ops per step."""
+    by_type, by_name, count = (collections.Counter() for _ in range(3))
+    for start, end, name in events:
+        ms, op_type = (end - start) / 1e9 / steps, name.rsplit(":", 1)[1]
+        by_type[op_type] += ms
+        by_name[SUFFIX.sub("", LAYER.sub("_layer_N", name))] += ms
+        count[op_type] += 1 / steps
     return by_type, by_name, count
+
+
+def concurrency(space, events, steps: int) -> dict:
+    """Ms a step with 0, 1 and 2+ ops running, op types running alone, and idle edges."""
+    points = sorted([(s, 1, i) for i, (s, _, _) in enumerate(events)]
+                    + [(e, -1, i) for i, (_, e, _) in enumerate(events)])
+    running, last = set(), points[0][0]
+    busy, alone = collections.Counter(), collections.Counter()
+    for t, kind, i in points:
+        if t > last:
+            busy[min(len(running), 2)] += t - last
+            if len(running) == 1:
+                alone[events[next(iter(running))][2].rsplit(":", 1)[1]] += t - last
+        last = t
+        (running.add if kind == 1 else running.discard)(i)
+    calls = sorted(
+        (line.timestamp_ns * 1000 + e.offset_ps, line.timestamp_ns * 1000 + e.offset_ps
+         + e.duration_ps)
+        for plane in space.planes for line in plane.lines if line.name == "python"
+        for e in line.events if plane.event_metadata[e.metadata_id].name.endswith("on_iterator"))
+    starts = [s for s, _, _ in events]
+    head, tail = [], []
+    for a, b in calls:
+        ops = events[bisect.bisect_left(starts, a):bisect.bisect_left(starts, b)]
+        if ops:
+            head.append(ops[0][0] - a)
+            tail.append(b - max(e for _, e, _ in ops))
+    between = [c[0] - p[1] for p, c in zip(calls, calls[1:])]
+
+    def ms(ps, n=steps):
+        return round(ps / 1e9 / max(n, 1), 2)
+
+    return {"ops_running_ms": {str(k) if k < 2 else "2+": ms(v) for k, v in sorted(busy.items())},
+            "alone_ms_by_type": {k: ms(v) for k, v in alone.most_common(8)},
+            "function_start_to_first_op_ms": ms(sum(head), len(head)),
+            "last_op_to_function_end_ms": ms(sum(tail), len(tail)),
+            "between_calls_ms": ms(sum(between), len(between))}
 
 
 def main():
@@ -64,6 +123,8 @@ def main():
     p.add_argument("--warmup", type=int, default=30, help="steps run before profiling")
     p.add_argument("--top", type=int, default=25, help="op types to list")
     p.add_argument("--names", type=int, default=0, help="op names to list (layers merged)")
+    p.add_argument("--concurrency", action="store_true",
+                   help="also how many ops run at once, and the idle time at the step's edges")
     a = p.parse_args()
     require_sst2()
 
@@ -84,7 +145,10 @@ def main():
         traces = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
         if not traces:
             sys.exit(f"TensorFlow's profiler wrote no trace under {logdir}")
-        by_type, by_name, count = op_times(traces[0], a.steps)
+        space = load_space(traces[0])
+        events = op_events(space)
+        by_type, by_name, count = op_times(events, a.steps)
+        overlap = concurrency(space, events, a.steps) if a.concurrency else None
 
     total = sum(by_type.values())
     print(f"{a.steps} steps: {wall_ms:.1f} ms a step (wall, profiled), "
@@ -96,9 +160,17 @@ def main():
         print(f"{'ms/step':>9}  op name (layers merged)")
         for name, ms in by_name.most_common(a.names):
             print(f"{ms:9.2f}  {name}")
+    if overlap:
+        print("ops running at once (ms a step):", overlap["ops_running_ms"])
+        print("running alone, by op type (ms a step):", overlap["alone_ms_by_type"])
+        print("idle edges (ms a step): function start to first op "
+              f"{overlap['function_start_to_first_op_ms']}, last op to function end "
+              f"{overlap['last_op_to_function_end_ms']}, between calls "
+              f"{overlap['between_calls_ms']}")
     emit(benchmark="profile_step", steps=a.steps, wall_ms_per_step=round(wall_ms, 1),
          op_ms_per_step=round(total, 1),
-         by_type={op: round(ms, 2) for op, ms in by_type.most_common(a.top)})
+         by_type={op: round(ms, 2) for op, ms in by_type.most_common(a.top)},
+         **({"concurrency": overlap} if overlap else {}))
 
 
 if __name__ == "__main__":
