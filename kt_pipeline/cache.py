@@ -662,7 +662,8 @@ def write_shards(spill: Spill, encode_ids: _IdsEncoder, sc: Scan, keep: np.ndarr
         return assemble((entries,) + rows[1:], meta(start, tf.shape(rows[0])[0]))
 
     # tf.data's autotuning is off: on SST-2 it added a ~0.15 s stall to about two builds
-    # in three (BENCHMARKS.md, section 1); one map call per core is what it settles on.
+    # in three (BENCHMARKS.md, section 1; the iterator's end waits for the autotuner, see
+    # reader.PREFETCH_BATCHES); one map call per core instead.
     options = tf.data.Options()
     options.autotune.enabled = False
     ds = (
