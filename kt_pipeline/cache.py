@@ -390,7 +390,7 @@ class Spill:
 
         _remove_orphan_spills()
         self.dir = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
-        self.has_group, self.num_extras = has_group, len(extra_cols)
+        self.has_group = has_group
         names = ["text"] + (["group"] if has_group else []) + [f"x{i}" for i in range(len(extra_cols))]
         self.paths = [os.path.join(self.dir, f"{n}.tfrecord") for n in names]
         self._writers = [tf.io.TFRecordWriter(p) for p in self.paths]
@@ -544,29 +544,24 @@ class _IdsEncoder:
         self._full_tok = fast if fast is not None else tokenizer
         self._traced = traced
 
-    def _full(self):
+    def full(self, texts):
+        """Entries through the full tokenizer (the fast path and, for the texts it does
+        not take, KerasHub's), its graph traced on first use."""
         if self._full_fn is None:
             self._full_fn = self._traced(self._full_tok)
-        return self._full_fn
-
-    def __call__(self, texts):
-        import tensorflow as tf
-
-        if self._fast is not None and bool(tf.reduce_all(self._fast.is_safe(texts))):
-            return self._safe_fn(texts)
-        return self._full()(texts)
+        return self._full_fn(texts)
 
     def in_graph(self, texts):
         """``(entries, ok)`` inside a traced function (e.g. a ``tf.data`` map).
 
         ``ok`` is False when a batch needs the KerasHub fallback, which stays untraced
-        until then: its ``entries`` are then placeholders, and the caller must call this
-        encoder eagerly on the batch instead.
+        until then: its ``entries`` are then placeholders, and the caller must call
+        :meth:`full` eagerly on the batch instead.
         """
         import tensorflow as tf
 
         if self._fast is None:
-            return self._full()(texts), tf.constant(True)
+            return self.full(texts), tf.constant(True)
         ok = tf.reduce_all(self._fast.is_safe(texts))
         entries = tf.cond(ok, lambda: self._safe_fn(texts), lambda: tf.fill(tf.shape(texts), ""))
         return entries, ok
@@ -658,7 +653,7 @@ def write_shards(spill: Spill, encode_ids: _IdsEncoder, sc: Scan, keep: np.ndarr
         return records, keys, ok, rows, start
 
     def fallback(rows, start):  # a batch with texts the fast tokenizer does not take
-        entries = encode_ids(rows[0])
+        entries = encode_ids.full(rows[0])
         return assemble((entries,) + rows[1:], meta(start, tf.shape(rows[0])[0]))
 
     # tf.data's autotuning is off: on SST-2 it added a ~0.15 s stall to about two builds

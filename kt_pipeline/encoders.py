@@ -421,6 +421,18 @@ def truncate_ids(ids: tf.Tensor, max_length: int) -> tf.Tensor:
     )
 
 
+def truncate_rows(ids: tf.RaggedTensor, max_length: int) -> tf.RaggedTensor:
+    """:func:`truncate_ids` on every row of ragged ``[N, None]`` ``ids`` at once."""
+    n = ids.row_lengths()
+    kept = tf.minimum(n, max_length)
+    j = tf.ragged.range(kept)
+    row, pos = j.value_rowids(), j.flat_values
+    row_n = tf.gather(n, row)
+    last = (pos == tf.gather(kept, row) - 1) & (row_n > max_length)  # the end token's slot
+    src = tf.gather(ids.row_splits[:-1], row) + tf.where(last, row_n - 1, pos)
+    return tf.RaggedTensor.from_row_lengths(tf.gather(ids.flat_values, src), kept)
+
+
 def tokenizer_fingerprint(tokenizer) -> dict:
     """A JSON-able description of a tokenizer that changes when its output could."""
     vocab = tokenizer.get_vocabulary()

@@ -1,9 +1,8 @@
 """`tf.data` reader over the TFRecord split cache: truncate, pad, batch, prefetch.
 
 One cache serves every ``max_seq_length`` up to the stored ``max_length``: ids are
-stored unpadded with their specials and truncated here as
-:func:`kt_pipeline.encoders.truncate_ids` does (keeping the final ``[SEP]``/``</s>``),
-256 records at a time.
+stored unpadded with their specials and truncated here, 256 records at a time, with
+:func:`kt_pipeline.encoders.truncate_rows` (which keeps the final ``[SEP]``/``</s>``).
 
 Padding modes:
 
@@ -62,22 +61,6 @@ def _parallelism() -> int:
     import os
 
     return max(2, min(16, os.cpu_count() or 2))
-
-
-def _truncate_rows(ids, max_length: int):
-    """``(ids, lengths)``: each row of ragged int64 ``ids`` cut to ``max_length`` keeping its
-    last id (the end token), as :func:`encoders.truncate_ids` does to one row; int32."""
-    import tensorflow as tf
-
-    n = ids.row_lengths()
-    kept = tf.minimum(n, max_length)
-    j = tf.ragged.range(kept)
-    row, pos = j.value_rowids(), j.flat_values
-    row_n = tf.gather(n, row)
-    last = (pos == tf.gather(kept, row) - 1) & (row_n > max_length)
-    src = tf.gather(ids.row_splits[:-1], row) + tf.where(last, row_n - 1, pos)
-    values = tf.cast(tf.gather(ids.flat_values, src), tf.int32)
-    return tf.RaggedTensor.from_row_lengths(values, kept), tf.cast(kept, tf.int32)
 
 
 def data_options():
@@ -231,6 +214,8 @@ def make_dataset(
     """
     import tensorflow as tf
 
+    from kt_pipeline.encoders import truncate_rows
+
     m = load_manifest(cache_dir)
     _check_split(split)
     if padding not in PADDINGS:
@@ -271,8 +256,9 @@ def make_dataset(
 
     def parse(records):  # a batch of records: one ParseExample, truncation on all rows
         ex = tf.io.parse_example(records, spec)
-        ids, lengths = _truncate_rows(ex["token_ids"], L)
-        feats = {"token_ids": ids.to_tensor(pad_id), "length": lengths}
+        ids = truncate_rows(ex["token_ids"], L)
+        feats = {"token_ids": tf.cast(ids.to_tensor(pad_id), tf.int32),
+                 "length": tf.cast(ids.row_lengths(), tf.int32)}
         for n in names:
             feats[n] = ex[n]
         return feats, tf.cast(ex["label"], tf.int32)

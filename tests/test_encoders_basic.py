@@ -1,3 +1,4 @@
+import numpy as np
 import tensorflow as tf
 
 from kt_pipeline import encoders
@@ -27,3 +28,15 @@ def test_fingerprint_changes_with_vocabulary(tiny_preset, tmp_path):
     other = keras_hub.models.BertTokenizer(vocabulary=tok.get_vocabulary() + ["extra"])
     assert encoders.tokenizer_fingerprint(other) != a
     assert isinstance(tf.constant(0), tf.Tensor)
+
+
+def test_batched_truncation_is_the_one_row_rule():
+    """`truncate_rows` (all rows of a parsed batch at once, as the reader does) cuts each row
+    as `truncate_ids` cuts one: the first max_length - 1 ids and the last."""
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(5, 1000, size=n).tolist() for n in [0, 1, 2, 7, 8, 9, 30, 8, 3]]
+    ids = encoders.truncate_rows(tf.ragged.constant(rows, dtype=tf.int64), 8)
+    assert ids.dtype == tf.int64
+    for row, got in zip(rows, ids.to_list()):
+        want = encoders.truncate_ids(tf.constant(row, tf.int64), 8).numpy().tolist() if row else []
+        assert got == want

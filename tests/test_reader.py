@@ -175,13 +175,3 @@ def test_errors_are_clear(built, tmp_path):
     with pytest.raises(reader.CacheError, match="incomplete"):
         reader.load_manifest(str(broken))
 
-
-def test_batched_truncation_is_the_one_row_rule():
-    """`_truncate_rows` (all rows of a parsed batch at once) cuts each row as
-    `encoders.truncate_ids` cuts one: the first max_length - 1 ids and the last."""
-    rng = np.random.default_rng(1)
-    rows = [rng.integers(5, 1000, size=n).tolist() for n in [0, 1, 2, 7, 8, 9, 30, 8, 3]]
-    ids, lengths = reader._truncate_rows(tf.ragged.constant(rows, dtype=tf.int64), 8)
-    for row, got, n in zip(rows, ids.to_list(), lengths.numpy().tolist()):
-        want = encoders.truncate_ids(tf.constant(row, tf.int64), 8).numpy().tolist() if row else []
-        assert got == want and n == len(want) and ids.dtype == tf.int32
