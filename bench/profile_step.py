@@ -17,9 +17,15 @@ Prints a table, then one JSON line with the op types' milliseconds per step.
 ``--concurrency`` adds how many of the executor's ops run at once over the steps (ms a
 step with none, one, two or more), which op types run alone, and the idle time at the
 step's edges: from the traced function's start to its first op, from its last op to the
-function's end, and between two calls (Python). An XLA-compiled function (the embedding
-table's pass, ``optim._zero_gradient_pass``) leaves no op event, so while it runs the op
-beside it counts as alone.
+function's end, and between two calls (Python). A call of an XLA-compiled function (the
+embedding table's pass, ``optim._zero_gradient_pass``) counts as one op of type ``XLA``
+(the trace's ``CpuExecutable::ExecuteAsyncOnStream`` span; until stop 23 this tool left it
+out, so the op beside it counted as alone).
+
+``--timeline N`` prints N profiled steps as one row of characters per compute thread,
+one per ``--bin`` ms (default 2): ``F`` forward, ``B`` backward (``gradient_tape``), ``O``
+the optimizer, ``X`` an XLA call, ``.`` anything else, a space when the thread ran
+nothing for most of the bin. It shows where in the step a thread waits, and for what.
 """
 
 from __future__ import annotations
@@ -48,13 +54,16 @@ def load_space(xplane_path: str):
     return space
 
 
-def op_events(space) -> list[tuple[int, int, str]]:
-    """``(start_ps, end_ps, name)`` of every op the executor's threads ran, by start.
+XLA_CALL = "CpuExecutable::ExecuteAsyncOnStream"  # one run of an XLA-compiled function
 
-    Only op events count (named ``name:OpType``); the executor's own spans
-    (``ExecutorState::Process``, ``ParallelFor``) contain op events and would count twice.
+
+def _thread_ops(space):
+    """``(thread, start_ps, end_ps, name)`` of every op on the executor's threads.
+
+    Only op events count (named ``name:OpType``) and XLA calls (named ``XLA_CALL:XLA``
+    here); the executor's own spans (``ExecutorState::Process``, ``ParallelFor``) and the
+    fusions inside an XLA call contain other events and would count twice.
     """
-    out = []
     for plane in space.planes:
         for line in plane.lines:
             if not line.name.startswith("tf_Compute"):  # the executor's threads
@@ -62,11 +71,60 @@ def op_events(space) -> list[tuple[int, int, str]]:
             base = line.timestamp_ns * 1000
             for event in line.events:
                 name = plane.event_metadata[event.metadata_id].name
-                if ":" not in name or "::" in name:  # the executor's own spans
+                if name == XLA_CALL:
+                    name += ":XLA"
+                elif ":" not in name or "::" in name:
                     continue
                 start = base + event.offset_ps
-                out.append((start, start + event.duration_ps, name))
-    return sorted(out)
+                yield line.name, start, start + event.duration_ps, name
+
+
+def op_events(space) -> list[tuple[int, int, str]]:
+    """``(start_ps, end_ps, name)`` of every op the executor's threads ran, by start
+    (XLA calls as ops of type ``XLA``)."""
+    return sorted((a, b, name) for _, a, b, name in _thread_ops(space))
+
+
+def _calls(space) -> list[tuple[int, int]]:
+    """``(start_ps, end_ps)`` of each call of the traced train function (Python's line)."""
+    return sorted(
+        (line.timestamp_ns * 1000 + e.offset_ps, line.timestamp_ns * 1000 + e.offset_ps
+         + e.duration_ps)
+        for plane in space.planes for line in plane.lines if line.name == "python"
+        for e in line.events if plane.event_metadata[e.metadata_id].name.endswith("on_iterator"))
+
+
+def _phase(name: str) -> str:
+    if name.endswith(":XLA"):
+        return "X"
+    if "gradient_tape/" in name:
+        return "B"
+    if "adam" in name.lower():
+        return "O"
+    return "F" if "backbone" in name else "."
+
+
+def timeline(space, bin_ms: float = 2.0) -> list[list[str]]:
+    """Per traced call, one string per compute thread: the phase (`_phase`) that thread
+    spent most of each ``bin_ms`` in, or a space when it ran ops less than a third of it."""
+    ops, size = list(_thread_ops(space)), int(bin_ms * 1e9)
+    threads = sorted({t for t, _, _, _ in ops})
+    out = []
+    for a, b in _calls(space):
+        rows = []
+        for thread in threads:
+            bins = [collections.Counter() for _ in range(-(-(b - a) // size))]
+            for t, s, e, name in ops:
+                if t != thread or e <= a or s >= b:
+                    continue
+                s, e = max(s, a), min(e, b)
+                for k in range((s - a) // size, (e - a - 1) // size + 1):
+                    lo = a + k * size
+                    bins[k][_phase(name)] += min(e, lo + size) - max(s, lo)
+            rows.append("".join(c.most_common(1)[0][0] if sum(c.values()) * 3 >= size else " "
+                                for c in bins))
+        out.append(rows)
+    return out
 
 
 def op_times(events, steps: int) -> tuple[dict, dict, dict]:
@@ -93,11 +151,7 @@ def concurrency(space, events, steps: int) -> dict:
                 alone[events[next(iter(running))][2].rsplit(":", 1)[1]] += t - last
         last = t
         (running.add if kind == 1 else running.discard)(i)
-    calls = sorted(
-        (line.timestamp_ns * 1000 + e.offset_ps, line.timestamp_ns * 1000 + e.offset_ps
-         + e.duration_ps)
-        for plane in space.planes for line in plane.lines if line.name == "python"
-        for e in line.events if plane.event_metadata[e.metadata_id].name.endswith("on_iterator"))
+    calls = _calls(space)
     starts = [s for s, _, _ in events]
     head, tail = [], []
     for a, b in calls:
@@ -125,6 +179,9 @@ def main():
     p.add_argument("--names", type=int, default=0, help="op names to list (layers merged)")
     p.add_argument("--concurrency", action="store_true",
                    help="also how many ops run at once, and the idle time at the step's edges")
+    p.add_argument("--timeline", type=int, default=0, metavar="N",
+                   help="also print N profiled steps as each thread's phase per --bin ms")
+    p.add_argument("--bin", type=float, default=2.0, help="ms per character of --timeline")
     a = p.parse_args()
     require_sst2()
 
@@ -149,6 +206,7 @@ def main():
         events = op_events(space)
         by_type, by_name, count = op_times(events, a.steps)
         overlap = concurrency(space, events, a.steps) if a.concurrency else None
+        rows = timeline(space, a.bin)[:a.timeline]
 
     total = sum(by_type.values())
     print(f"{a.steps} steps: {wall_ms:.1f} ms a step (wall, profiled), "
@@ -167,6 +225,13 @@ def main():
               f"{overlap['function_start_to_first_op_ms']}, last op to function end "
               f"{overlap['last_op_to_function_end_ms']}, between calls "
               f"{overlap['between_calls_ms']}")
+    if rows:
+        print(f"timeline, one character per {a.bin:g} ms: F forward, B backward, O optimizer, "
+              "X XLA call, . other, space: idle")
+        for i, step_rows in enumerate(rows):
+            print(f"step {i + 1}:")
+            for row in step_rows:
+                print(f"  |{row}|")
     emit(benchmark="profile_step", steps=a.steps, wall_ms_per_step=round(wall_ms, 1),
          op_ms_per_step=round(total, 1),
          by_type={op: round(ms, 2) for op, ms in by_type.most_common(a.top)},

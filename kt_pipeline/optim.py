@@ -19,9 +19,9 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import math
 import os
+import weakref
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -106,8 +106,8 @@ class FusedAdamW(keras.optimizers.AdamW):
     over the variables with the learning rate and Adam's scalars computed once (Keras
     evaluates the schedule again for each decayed variable): a 20-variable update
     traces 266 ops instead of 743, which makes the first step's trace shorter.
-    A word embedding's sparse gradient takes :meth:`_apply_adam_table`, which moves the
-    pass over the whole table off the end of the step.
+    A word embedding's sparse gradient takes :meth:`_apply_adam_table`, which never
+    makes it dense.
     Variables, slots and checkpoints are AdamW's. Under a distribution strategy with mirrored or TPU
     variables, with ``amsgrad``, or on another backend, it is plain AdamW.
 
@@ -124,6 +124,7 @@ class FusedAdamW(keras.optimizers.AdamW):
     # A variable with a sparse gradient and at least this many rows (a word embedding)
     # takes `_apply_adam_table`; smaller ones (token types) are made dense.
     table_min_rows = 4096
+    _backward_done = []  # see `_backend_apply_gradients`
 
     def _clip_gradients(self, grads):
         """Keras's global-norm clipping without densifying embedding gradients.
@@ -219,12 +220,26 @@ class FusedAdamW(keras.optimizers.AdamW):
         ``var.assign(var * (1 - lr * weight_decay))``: ``AssignVariableOp`` takes over
         the product's buffer, so the decay reads and writes the variable once
         (``assign_sub`` of the product touches it five times), 2% faster for MiniLM.
+
+        Nothing here starts before the backward pass has produced every gradient, not
+        even the work that needs none (the decay, the embedding table's pass). On a
+        two-core CPU the batch's halves run as two chains of ops, one per thread
+        (:mod:`kt_pipeline.batch_split`), that meet where the loss needs both halves and
+        where clipping needs every gradient: an update that takes a thread in the middle
+        (the table's pass holds one for ~18 ms) leaves one half behind, and the other
+        thread waits for it at the next meeting. The decay and the kernels wait for
+        ``grads`` (clipped, so for every gradient); the table's pass only for the
+        gradients before clipping (`_backend_apply_gradients`), so it takes one thread
+        first while the other clips and updates the other variables. 1.05-1.07x faster
+        MiniLM training steps than with the decay and the pass starting early (stop 23,
+        BENCHMARKS.md section 3).
         """
         import tensorflow as tf
 
         if not self._one_pass(trainable_variables):
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         scalars, keeps = {}, {}  # per dtype
+        after = _all_of(grads)  # see above
         for grad, variable in zip(grads, trainable_variables):
             var = self._slots(variable)[0]
             if var.dtype not in scalars:
@@ -234,28 +249,37 @@ class FusedAdamW(keras.optimizers.AdamW):
             decayed = bool(self.weight_decay) and self._use_weight_decay(var)  # as Keras
             keep = keeps[var.dtype] if decayed else None
             if isinstance(grad, tf.IndexedSlices) and var.shape[0] >= self.table_min_rows:
-                self._apply_adam_table(variable, grad, scalars[var.dtype], keep)
+                with tf.control_dependencies(self._backward_done or after):
+                    self._apply_adam_table(variable, grad, scalars[var.dtype], keep)
                 continue
-            if decayed:
-                var.assign(var * keep)  # one pass: see the docstring
-            self._apply_adam(variable, grad, scalars[var.dtype])
+            with tf.control_dependencies(after):
+                if decayed:
+                    var.assign(var * keep)  # one pass: see the docstring
+                self._apply_adam(variable, grad, scalars[var.dtype])
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        # The gradients before clipping, for `_backend_update_step`: the table's pass
+        # waits for them only, so it starts before the updates that wait for clipping.
+        self._backward_done = _all_of(grads)
+        try:
+            return super()._backend_apply_gradients(grads, trainable_variables)
+        finally:
+            self._backward_done = []
 
     def _apply_adam_table(self, variable, gradient, scalars, keep) -> None:
-        """An embedding table's step (sparse gradient): the same AdamW update, with the
-        pass over the whole table moved off the end of the step.
+        """An embedding table's step (sparse gradient): the same AdamW update without
+        making the gradient dense.
 
         AdamW moves every row, not only the few hundred a batch touches: the moments
-        decay, the weights decay and keep moving. Made dense, the table's gradient is
-        the last one the backward pass produces and clipping needs every gradient, so
-        the table's passes over all its rows (47 MB for MiniLM) wait for the end of the
-        step. Here the whole table first takes the update it would take with a zero
-        gradient, which needs neither the gradient nor the clipping factor, so it runs
-        while the forward and backward passes do; then the touched rows, read before
-        that pass (their ids come from the input), get the update with their gradient
-        and are written back. Same arithmetic as the fused kernel; ``keep`` is the
-        decay factor (None: no decay). The pass over the whole table is one XLA loop
-        (:func:`_zero_gradient_pass`), which reads and writes each of the table's three
-        tensors once.
+        decay, the weights decay and keep moving. Made dense, the table's gradient
+        costs passes over all its rows (47 MB for MiniLM) to write, clip and read.
+        Here the whole table takes the update it would take with a zero gradient,
+        which needs neither the gradient nor the clipping factor (it runs beside the
+        other variables' updates); then the touched rows, read before that pass, get
+        the update with their gradient and are written back. Same arithmetic as the
+        fused kernel; ``keep`` is the decay factor (None: no decay). The pass over the
+        whole table is one XLA loop (:func:`_zero_gradient_pass`), which reads and
+        writes each of the table's three tensors once.
         """
         import tensorflow as tf
 
@@ -266,8 +290,8 @@ class FusedAdamW(keras.optimizers.AdamW):
         # in copy-on-read mode, where every later dense read or update copies it whole.
         w0, m0, v0 = (tf.gather(x.value(), rows) for x in (var, m, v))
         with tf.control_dependencies([w0, m0, v0]):  # reads released: updates in place
-            _zero_gradient_pass()(var, m, v, tf.constant(1.0, var.dtype) if keep is None else keep,
-                                  *(scalars[k] for k in _SCALARS))
+            factor = tf.constant(1.0, var.dtype) if keep is None else keep
+            _zero_gradient_pass(self)(var, m, v, factor, *(scalars[k] for k in _SCALARS))
         s = scalars
         m1 = m0 + (grad - m0) * (1.0 - s["beta1"])
         v1 = v0 + (tf.square(grad) - v0) * (1.0 - s["beta2"])
@@ -285,13 +309,30 @@ class FusedAdamW(keras.optimizers.AdamW):
         self._apply_adam(variable, gradient, self._adam_scalars(learning_rate, variable.dtype))
 
 
+def _all_of(tensors) -> list:
+    """``[op]`` that runs once every tensor in ``tensors`` (``IndexedSlices``' values; None
+    skipped) is computed, for ``tf.control_dependencies``; ``[]`` when eager."""
+    import tensorflow as tf
+
+    if tf.executing_eagerly():
+        return []
+    return [tf.group(*(t.values if isinstance(t, tf.IndexedSlices) else t
+                       for t in tensors if t is not None))]
+
+
 _SCALARS = ("lr", "beta1", "beta2", "beta1_power", "beta2_power", "epsilon")
 
 
-@functools.cache
-def _zero_gradient_pass():
-    """``f(var, m, v, keep, *scalars)``: weight decay by ``keep``, then the fused Adam
-    kernel's step with a zero gradient, in one XLA-compiled loop over the variables.
+# One traced pass per optimizer: a trace keeps the variables it was first called with,
+# so a pass shared by the whole process failed once an earlier model (a keras-tuner
+# trial's) with a table of the same shape was garbage-collected.
+_PASSES = weakref.WeakKeyDictionary()
+
+
+def _zero_gradient_pass(optimizer):
+    """``f(var, m, v, keep, *scalars)`` for ``optimizer``'s tables (made once per
+    optimizer): weight decay by ``keep``, then the fused Adam kernel's step with a zero
+    gradient, in one XLA-compiled loop over the variables.
 
     ``ResourceApplyAdam`` with ``tf.zeros`` after a decay ``Mul`` makes ten passes over
     an embedding table (47 MB for MiniLM) a step; this makes six, the least (read
@@ -302,6 +343,9 @@ def _zero_gradient_pass():
     """
     import tensorflow as tf
 
+    if optimizer in _PASSES:
+        return _PASSES[optimizer]
+
     @tf.function(jit_compile=True, autograph=False)
     def zero_gradient_pass(var, m, v, keep, lr, beta1, beta2, beta1_power, beta2_power, epsilon):
         alpha = lr * tf.sqrt(1.0 - beta2_power) / (1.0 - beta1_power)
@@ -311,6 +355,7 @@ def _zero_gradient_pass():
         v.assign(v1)
         var.assign(var * keep - m1 * alpha / (tf.sqrt(v1) + epsilon))
 
+    _PASSES[optimizer] = zero_gradient_pass
     return zero_gradient_pass
 
 

@@ -55,3 +55,23 @@ def test_concurrency_counts_overlaps_alone_ops_and_idle_edges():
     assert got["between_calls_ms"] == 5.0
     by_type, _, count = profile_step.op_times(events, steps=2)
     assert by_type["_MklMatMul"] == 7.0 and count["Mul"] == 1.0
+
+
+def test_an_xla_call_counts_as_an_op_and_the_timeline_shows_each_threads_phase():
+    # One step (call 0-12 ms). Thread 1: forward 0-4, an XLA call 4-10 (its fusions inside
+    # do not count again), idle 10-12. Thread 2: backward 2-6, the optimizer 6-12.
+    threads = {
+        1: [(0, 4, "model/bert_backbone/dense/MatMul:_MklMatMul"),
+            (4, 10, profile_step.XLA_CALL), (5, 9, "divide_subtract_fusion")],
+        2: [(2, 6, "gradient_tape/model/bert_backbone/dense/MatMul:_MklMatMul"),
+            (6, 12, "fused_adam_w/ResourceApplyAdam:ResourceApplyAdam")],
+    }
+    space = _space(threads, [(0, 12)])
+    events = profile_step.op_events(space)
+    assert [name.rsplit(":", 1)[1] for _, _, name in events] == [
+        "_MklMatMul", "_MklMatMul", "XLA", "ResourceApplyAdam"]
+    got = profile_step.concurrency(space, events, steps=1)
+    # one 0-2 and 10-12 (4), two 2-10 (8)
+    assert got["ops_running_ms"] == {"1": 4.0, "2+": 8.0}
+    [rows] = profile_step.timeline(space, bin_ms=2.0)
+    assert rows == ["FFXXX ", " BBOOO"]

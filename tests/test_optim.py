@@ -230,3 +230,73 @@ def test_a_jit_compiled_step_trains_a_word_embedding_table(monkeypatch):
     model.train_on_batch(x, np.array([0, 1, 0, 1]))
     moved = np.any(table.numpy() != before, axis=1)
     assert moved[:20].all()  # the rows the batch used took their update
+
+
+def _ancestors(op) -> set:
+    """Names of every op ``op`` waits for, through data and control inputs."""
+    seen, todo = set(), [op]
+    while todo:
+        cur = todo.pop()
+        for parent in [t.op for t in cur.inputs] + list(cur.control_inputs):
+            if parent.name not in seen:
+                seen.add(parent.name)
+                todo.append(parent)
+    return seen
+
+
+def test_the_updates_wait_for_every_gradient(monkeypatch):
+    """No write to the weights starts before the backward pass has produced every
+    gradient, not even the work that needs none: the weight decay and the embedding
+    table's zero-gradient pass (on two cores such a long op in the middle of the split
+    passes leaves one half behind, and the other thread waits for it)."""
+    import tensorflow as tf
+
+    monkeypatch.setattr(optim.FusedAdamW, "table_min_rows", 16)
+    model = _embedding_model(0)
+    opt = optim.build_optimizer(1e-3, 0, 10, weight_decay=0.1, clipnorm=1.0)
+    x = np.random.default_rng(0).integers(0, 50, (8, 5)).astype("int32")
+    produced = []
+
+    @tf.function
+    def step(xb):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(xb, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        produced.extend((g.values if isinstance(g, tf.IndexedSlices) else g).op.name
+                        for g in grads)
+        opt.apply(grads, model.trainable_variables)
+
+    step(x)  # builds the optimizer's slots eagerly, then traces
+    graph = step.get_concrete_function(x).graph
+    ops = graph.get_operations()
+    table_pass = [op for op in ops if op.type in ("StatefulPartitionedCall", "PartitionedCall")
+                  and "zero_gradient_pass" in op.get_attr("f").name]
+    decays = [op for op in ops if op.type == "AssignVariableOp"
+              and op.inputs[1].op.type == "Mul"]
+    assert len(table_pass) == 1 and len(decays) == 2  # the two dense kernels are decayed
+    produced = set(produced[-len(model.trainable_variables):])  # the last trace's
+    for op in table_pass + decays:
+        missing = produced - _ancestors(op)
+        assert not missing, f"{op.name} can start before {sorted(missing)}"
+
+
+def test_a_second_model_trains_after_the_first_is_deleted(monkeypatch):
+    """keras-tuner builds a model per trial in one process. The table's XLA pass was one
+    `tf.function` for the whole process, and its trace kept the first model's variables:
+    the next model with a table of the same shape failed ("Called a function referencing
+    variables which have been deleted") once the first was garbage-collected."""
+    import gc
+
+    monkeypatch.setattr(optim.FusedAdamW, "table_min_rows", 16)
+    x = np.random.default_rng(0).integers(0, 50, (16, 5)).astype("int32")
+    y = np.arange(16) % 3
+    for seed in range(2):
+        model = _embedding_model(seed)
+        model.compile(optimizer=optim.build_optimizer(1e-2, 0, 4, weight_decay=0.1),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        table = model.get_layer("emb").embeddings
+        before = table.numpy()
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+        assert not np.allclose(table.numpy(), before)
+        del model, table
+        gc.collect()
