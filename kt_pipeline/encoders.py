@@ -383,7 +383,7 @@ class TextEncoding:
     """Strings -> token ids with the model's start/end tokens, truncated to a length.
 
     The truncation keeps the final end token (``[SEP]`` / ``</s>``), so
-    ``encode(x, 512)`` followed by :func:`truncate_ids` to 128 equals ``encode(x, 128)``.
+    ``encode(x, 512)`` followed by :func:`truncate_rows` to 128 equals ``encode(x, 128)``.
     """
 
     def __init__(self, tokenizer):
@@ -411,18 +411,9 @@ class TextEncoding:
         return tokenizer_fingerprint(self.tokenizer)
 
 
-def truncate_ids(ids: tf.Tensor, max_length: int) -> tf.Tensor:
-    """Truncate one example's ids (with specials) to `max_length`, keeping the last."""
-    n = tf.shape(ids)[0]
-    return tf.cond(
-        n > max_length,
-        lambda: tf.concat([ids[: max_length - 1], ids[-1:]], axis=0),
-        lambda: ids,
-    )
-
-
 def truncate_rows(ids: tf.RaggedTensor, max_length: int) -> tf.RaggedTensor:
-    """:func:`truncate_ids` on every row of ragged ``[N, None]`` ``ids`` at once."""
+    """Every row of ragged ``[N, None]`` ``ids`` (with specials) cut to ``max_length``: a
+    longer row keeps its first ``max_length - 1`` ids and its last (the end token)."""
     n = ids.row_lengths()
     kept = tf.minimum(n, max_length)
     j = tf.ragged.range(kept)

@@ -6,14 +6,14 @@ from kt_pipeline import encoders
 
 def test_encode_adds_specials_and_truncation_keeps_end(tiny_preset):
     enc = encoders.TextEncoding(encoders.load_tokenizer(tiny_preset))
-    long = enc.encode(["the film was great and the acting was good"], 512)[0]
-    short = enc.encode(["the film was great and the acting was good"], 6)[0]
+    longs = enc.encode(["the film was great and the acting was good"], 512)
+    long, short = longs[0], enc.encode(["the film was great and the acting was good"], 6)[0]
     assert int(long[0]) == enc.start_id and int(long[-1]) == enc.end_id
     assert short.shape[0] == 6 and int(short[-1]) == enc.end_id
     # Truncating the stored long form equals tokenizing at the short length.
-    assert encoders.truncate_ids(long, 6).numpy().tolist() == short.numpy().tolist()
+    assert encoders.truncate_rows(longs, 6)[0].numpy().tolist() == short.numpy().tolist()
     # Short examples are untouched.
-    assert encoders.truncate_ids(long, 512).shape[0] == long.shape[0]
+    assert encoders.truncate_rows(longs, 512)[0].shape[0] == long.shape[0]
 
 
 def test_fingerprint_changes_with_vocabulary(tiny_preset, tmp_path):
@@ -31,12 +31,13 @@ def test_fingerprint_changes_with_vocabulary(tiny_preset, tmp_path):
 
 
 def test_batched_truncation_is_the_one_row_rule():
-    """`truncate_rows` (all rows of a parsed batch at once, as the reader does) cuts each row
-    as `truncate_ids` cuts one: the first max_length - 1 ids and the last."""
+    """`truncate_rows` (all rows of a parsed batch at once, as the reader does) cuts each
+    row by the rule: a row longer than max_length keeps its first max_length - 1 ids and
+    its last."""
     rng = np.random.default_rng(1)
     rows = [rng.integers(5, 1000, size=n).tolist() for n in [0, 1, 2, 7, 8, 9, 30, 8, 3]]
     ids = encoders.truncate_rows(tf.ragged.constant(rows, dtype=tf.int64), 8)
     assert ids.dtype == tf.int64
     for row, got in zip(rows, ids.to_list()):
-        want = encoders.truncate_ids(tf.constant(row, tf.int64), 8).numpy().tolist() if row else []
+        want = row if len(row) <= 8 else row[:7] + row[-1:]
         assert got == want

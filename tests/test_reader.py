@@ -174,4 +174,3 @@ def test_errors_are_clear(built, tmp_path):
         (pathlib.Path(cache_dir) / "manifest.json").read_text())
     with pytest.raises(reader.CacheError, match="incomplete"):
         reader.load_manifest(str(broken))
-
