@@ -124,7 +124,7 @@ class FusedAdamW(keras.optimizers.AdamW):
     # A variable with a sparse gradient and at least this many rows (a word embedding)
     # takes `_apply_adam_table`; smaller ones (token types) are made dense.
     table_min_rows = 4096
-    _backward_done = []  # see `_backend_apply_gradients`
+    _unclipped = None  # see `_backend_apply_gradients`
 
     def _clip_gradients(self, grads):
         """Keras's global-norm clipping without densifying embedding gradients.
@@ -249,7 +249,7 @@ class FusedAdamW(keras.optimizers.AdamW):
             decayed = bool(self.weight_decay) and self._use_weight_decay(var)  # as Keras
             keep = keeps[var.dtype] if decayed else None
             if isinstance(grad, tf.IndexedSlices) and var.shape[0] >= self.table_min_rows:
-                with tf.control_dependencies(self._backward_done or after):
+                with tf.control_dependencies(_all_of(self._unclipped or grads)):
                     self._apply_adam_table(variable, grad, scalars[var.dtype], keep)
                 continue
             with tf.control_dependencies(after):
@@ -260,11 +260,11 @@ class FusedAdamW(keras.optimizers.AdamW):
     def _backend_apply_gradients(self, grads, trainable_variables):
         # The gradients before clipping, for `_backend_update_step`: the table's pass
         # waits for them only, so it starts before the updates that wait for clipping.
-        self._backward_done = _all_of(grads)
+        self._unclipped = grads
         try:
             return super()._backend_apply_gradients(grads, trainable_variables)
         finally:
-            self._backward_done = []
+            self._unclipped = None
 
     def _apply_adam_table(self, variable, gradient, scalars, keep) -> None:
         """An embedding table's step (sparse gradient): the same AdamW update without
