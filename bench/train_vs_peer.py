@@ -31,6 +31,18 @@ two cores leaves none idle; `turns.Side.cores_busy`). Ours' batches come from it
 into the product's traced train step one at a time (counted in Python;
 `cpu_train.ours_fed_step`).
 
+Both sides first run ``--warmup`` untimed steps (default 250, one pass; the peer on
+batches of another order, ours on its stream after ``--skip``, so its timed steps start
+250 batches later). Until stop 24 the peer warmed up for 25 steps only, and PyTorch's
+first step at each batch width it has not met costs up to 1.7 s more (its CPU kernels
+are set up per shape; the peer pads each batch to its own longest row, so widths keep
+coming): in a 1,000-step run the peer's steps that started a new group of 50 (the
+longest batch first) took 5.2 s extra in its first 250 steps, 1.7 s in the second and
+0.7-0.8 s a pass after that, while ours ran as fast from the start. Those runs' ratios
+(1.27x median over 500 steps at stop 23) counted that start-up in; a run from one pass
+in measures both sides as they run for the rest of a long training job.
+``--warmup 25`` gives the old setting.
+
 ``--mixed-precision``: both in bfloat16 (CPUs with AMX or AVX-512 bf16).
 
 ``--widths 2,8,16,32``: synthetic batches of 32 rows of those widths instead (random ids,
@@ -51,18 +63,20 @@ from common import emit, median, require_sst2
 PASS = 250  # steps of 32 rows in one pass over cpu_train's 8,000 rows
 
 
-def _child(system: str, cache_dir: str, skip: int, widths: list[int], bf16: bool):
+def _child(system: str, cache_dir: str, skip: int, widths: list[int], bf16: bool,
+           warmup: int):
     import cpu_train as ct
 
     synthetic = _synthetic(system, widths) if widths else None
-    if system == "peer":
-        return turns.serve(ct.peer_train_step(warmup=25, batches=synthetic, bf16=bf16))
+    if system == "peer":  # warmed up on batches of another order
+        return turns.serve(ct.peer_train_step(warmup=warmup, batches=synthetic, bf16=bf16))
     from kt_pipeline import training
 
     training.set_precision(bf16)  # as `kt-pipeline train --mixed-precision`
     model, ds = ct.ours_ready(cache_dir, warmup=25)
-    # 5 more steps trace the step for batches fed one at a time
-    turns.serve(ct.ours_fed_step(model, synthetic or iter(ds.skip(skip))), warmup=5)
+    # then the step traced for batches fed one at a time, warmed up on the stream
+    turns.serve(ct.ours_fed_step(model, synthetic or iter(ds.skip(skip))),
+                warmup=max(5, warmup))
 
 
 def _synthetic(system: str, widths: list[int]):
@@ -109,6 +123,9 @@ def main():
     p.add_argument("--widths", type=lambda v: [int(x) for x in v.split(",")],
                    help="instead of SST-2: synthetic batches of these widths in turn, e.g. "
                    "2,8,16,32 (--chunk becomes one of each); prints ms per step by width")
+    p.add_argument("--warmup", type=int, default=PASS,
+                   help="untimed steps of each side first (default: one pass, so the "
+                   "peer has met the batch widths; see the docstring)")
     p.add_argument("--raw", help="also write every step's ms, rows and tokens to this JSON file")
     p.add_argument("--mixed-precision", action="store_true",
                    help="both in bfloat16 (ours: the mixed_bfloat16 policy, as `kt-pipeline "
@@ -117,11 +134,12 @@ def main():
     p.add_argument("--cache", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        return _child(a.child, a.cache, a.skip, a.widths, a.mixed_precision)
+        return _child(a.child, a.cache, a.skip, a.widths, a.mixed_precision, a.warmup)
     if a.widths:
         a.chunk = len(a.widths)
-    if a.steps < a.chunk or a.chunk < 1 or a.skip < 0:
-        sys.exit("--steps must be at least --chunk, --chunk at least 1, --skip at least 0")
+    if a.steps < a.chunk or a.chunk < 1 or a.skip < 0 or a.warmup < 0:
+        sys.exit("--steps must be at least --chunk, --chunk at least 1, --skip and --warmup "
+                 "at least 0")
     require_sst2()
 
     import cpu_train as ct
@@ -130,7 +148,8 @@ def main():
         cache_dir = ct.ours_caches(d)["train"]
         widths = ["--widths", ",".join(map(str, a.widths))] if a.widths else []
         sides = {s: turns.Side(s, [sys.executable, __file__, "--child", s, "--cache", cache_dir,
-                                   "--skip", str(a.skip), *widths,
+                                   "--skip", str(a.skip), "--warmup", str(a.warmup),
+                                   *widths,
                                    *(["--mixed-precision"] if a.mixed_precision else [])])
                  for s in ("ours", "peer")}  # one at a time: start-up is not what is timed
         got = turns.alternate(sides, a.steps, a.chunk)  # ms and (rows, tokens) per step
@@ -144,6 +163,7 @@ def main():
              for s, (ms, out) in got.items()}  # rows/s, tokens/s
     emit(benchmark="train_vs_peer", padding="bucket", seq=ct.SEQ, batch=ct.BATCH,
          precision=_precision(a), steps=a.steps, chunk=a.chunk, skip=a.skip,
+         warmup=a.warmup,
          ours_examples_per_s=round(per_s["ours"][0], 1),
          peer_examples_per_s=round(per_s["peer"][0], 1),
          ours_tokens_per_s=round(per_s["ours"][1]), peer_tokens_per_s=round(per_s["peer"][1]),

@@ -1,4 +1,5 @@
-"""Fewer, larger TensorFlow ops for a backbone's layer norms, GELUs and dropouts.
+"""Fewer, larger TensorFlow ops for a backbone's layer norms, GELUs, dropouts and
+attention projections.
 
 On the CPU about a quarter of a BERT training step's op time goes to element-wise ops
 outside the matrix products, each a pass over an activation tensor. Keras writes layer
@@ -16,6 +17,11 @@ classes or what gets saved:
 - ``Dropout`` (no ``noise_shape``): one multiply by a scaled 0/1 mask, forward and
   backward, instead of multiply-then-select. The mask is drawn from the same seed
   with the same comparison as Keras's ``stateless_dropout``, so it is the same mask.
+- ``EinsumDense`` projections (the attention's query, key, value and output,
+  ``abc,cde->abde`` and ``abcd,cde->abe``): one 2-D ``MatMul`` and ``BiasAdd`` on the
+  reshaped input and kernel instead of ``Einsum``, whose CPU kernel runs these
+  products about 15% slower forward and backward; 1.04x a MiniLM training step
+  (BENCHMARKS.md, section 3, stop 24).
 
 :func:`install_cls_only` (for a classifier that reads the first position only) runs
 the last transformer layer for that position. Outputs and gradients match the stock
@@ -33,7 +39,7 @@ Example:
 >>> model = keras.Sequential([keras.Input((4, 8)), keras.layers.LayerNormalization(),
 ...                           keras.layers.Dropout(0.1)])
 >>> fast_layers.install(model)
-{'layer_norm': 1, 'gelu': 0, 'dropout': 1}
+{'layer_norm': 1, 'gelu': 0, 'dropout': 1, 'projection': 0}
 >>> x = np.arange(32, dtype="float32").reshape(1, 4, 8)
 >>> bool(np.allclose(model(x), keras.layers.LayerNormalization()(x), atol=1e-5))
 True
@@ -44,6 +50,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 import types
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -144,6 +151,47 @@ def _dropout_call(self, inputs, training=False):
     return inputs * mask
 
 
+def _projection(layer):
+    """How many leading kernel axes ``layer`` (an ``EinsumDense``) contracts, when it is a
+    plain projection the 2-D form can take, else None: equation
+    ``<batch><in>,<in><out>-><batch><out>`` (KerasHub's attention projections
+    ``abc,cde->abde`` and ``abcd,cde->abe``), a bias on every output axis or none, no
+    LoRA, not quantized."""
+    m = re.fullmatch(r"([a-z]+),([a-z]+)->([a-z]+)", layer.equation.replace(" ", ""))
+    if (m is None or getattr(layer, "lora_enabled", False)
+            or getattr(layer, "quantization_mode", None) is not None):
+        return None
+    x, k, o = m.groups()
+    for c in range(1, len(k)):
+        batch, contracted, out = x[:len(x) - c], k[:c], k[c:]
+        if x == batch + contracted and o == batch + out and batch:
+            if layer.bias is not None and (layer.bias_axes or "") != out:
+                return None
+            return c
+    return None
+
+
+def _projection_call(self, inputs, training=None):
+    """``EinsumDense.call`` as one 2-D ``MatMul`` and ``BiasAdd`` (see `_projection`):
+    TensorFlow's ``Einsum`` kernel runs these products about 15% slower, forward and
+    backward, than ``MatMul`` on the same numbers reshaped."""
+    import tensorflow as tf
+
+    c = self._kt_projection
+    kernel = tf.cast(self.kernel, self.compute_dtype)
+    k_out = list(kernel.shape[c:])
+    n_in, n_out = math.prod(kernel.shape[:c]), math.prod(k_out)
+    dynamic = tf.shape(inputs)
+    lead = [d if d is not None else dynamic[i] for i, d in enumerate(inputs.shape[:-c])]
+    y = tf.matmul(tf.reshape(inputs, [-1, n_in]), tf.reshape(kernel, [n_in, n_out]))
+    if self.bias is not None:
+        y = tf.nn.bias_add(y, tf.reshape(tf.cast(self.bias, self.compute_dtype), [n_out]))
+    y = tf.reshape(y, lead + k_out)  # static where the input's shape is
+    if self.activation is not None:
+        y = self.activation(y)
+    return y
+
+
 def _last_axis_only(layer) -> bool:
     axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
     return list(axes) == [-1]  # KerasHub's; a positive axis is left to Keras
@@ -157,7 +205,7 @@ def install(model) -> dict:
     """
     from keras_hub.src.utils.keras_utils import gelu_approximate as hub_gelu
 
-    counts = {"layer_norm": 0, "gelu": 0, "dropout": 0}
+    counts = {"layer_norm": 0, "gelu": 0, "dropout": 0, "projection": 0}
     if not enabled():
         return counts
     for layer in model._flatten_layers(include_self=True, recursive=True):
@@ -173,6 +221,10 @@ def install(model) -> dict:
         elif isinstance(layer, keras.layers.Dropout) and layer.noise_shape is None:
             layer.call = types.MethodType(_dropout_call, layer)
             counts["dropout"] += 1
+        elif isinstance(layer, keras.layers.EinsumDense) and _projection(layer):
+            layer._kt_projection = _projection(layer)
+            layer.call = types.MethodType(_projection_call, layer)
+            counts["projection"] += 1
         else:
             continue
         layer._kt_fast = True

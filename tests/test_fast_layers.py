@@ -69,6 +69,53 @@ def test_gelu_dense_matches_kerashub_gelu():
     _assert_same(stock, fast, x, "gelu")
 
 
+@pytest.mark.parametrize("equation, shape, out, bias", [
+    ("abc,cde->abde", (3, 5, 16), (4, 6), "de"),  # query, key, value
+    ("abcd,cde->abe", (3, 5, 4, 6), (16,), "e"),  # attention output
+    ("abc,cd->abd", (2, 7, 8), (5,), None),  # no bias
+])
+def test_projection_matches_einsum_dense(equation, shape, out, bias):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=shape).astype("float32")
+
+    def make():
+        return keras.layers.EinsumDense(equation, output_shape=(None, *out), bias_axes=bias)
+
+    stock, fast = _pair(make, x)
+    if bias:  # a bias that is not zero, so a misplaced one shows
+        stock.set_weights([w if w.ndim > len(out) else rng.normal(size=w.shape).astype("f4")
+                           for w in stock.get_weights()])
+        fast.set_weights(stock.get_weights())
+    _assert_same(stock, fast, x, "projection")
+    y = fast(x[:2, :3])  # another batch and width, same weights
+    np.testing.assert_allclose(y, stock(x[:2, :3]), atol=1e-5)
+    assert y.shape == stock(x[:2, :3]).shape
+
+
+@pytest.mark.parametrize("equation, bias", [
+    ("abc,cde->abde", "e"),  # a bias on some output axes only
+    ("abc,dce->abde", "de"),  # the kernel's contracted axis not first
+])
+def test_projection_leaves_other_einsums_to_keras(equation, bias):
+    layer = keras.layers.EinsumDense(equation, output_shape=(None, 4, 6), bias_axes=bias)
+    layer(np.zeros((2, 3, 8), "float32"))
+    assert fast_layers.install(layer)["projection"] == 0
+
+
+def test_projection_keeps_the_mixed_precision_contract():
+    x = np.random.default_rng(6).normal(size=(2, 3, 8)).astype("float32")
+
+    def make():
+        return keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, 2, 4),
+                                        bias_axes="de", dtype="mixed_bfloat16")
+
+    stock, fast = _pair(make, x)
+    assert fast_layers.install(fast)["projection"] == 1
+    y = fast(x)
+    assert y.dtype == tf.bfloat16 and fast.kernel.dtype == "float32"
+    np.testing.assert_allclose(tf.cast(y, "float32"), tf.cast(stock(x), "float32"), atol=2e-2)
+
+
 def test_dropout_draws_keras_mask_and_passes_gradients_through_it():
     x = np.random.default_rng(3).normal(size=(4, 9, 32)).astype("float32")
     stock = keras.layers.Dropout(0.3, seed=7)
@@ -92,10 +139,12 @@ def test_install_on_a_backbone_matches_stock_and_cuts_gradient_ops(tiny_preset, 
     assert all(getattr(layer, "_kt_fast", False) is False
                for layer in stock._flatten_layers(include_self=True, recursive=True))
     # tiny BERT: 2 layers -> 2*2+1 layer norms, 2 GELU dense, 2*3+1 dropouts
-    assert fast_layers.install(fast) == {"layer_norm": 0, "gelu": 0, "dropout": 0}  # idempotent
+    # and 2*4 attention projections (query, key, value, output)
+    assert fast_layers.install(fast) == {"layer_norm": 0, "gelu": 0, "dropout": 0,
+                                         "projection": 0}  # idempotent
     flags = [getattr(layer, "_kt_fast", False)
              for layer in fast._flatten_layers(include_self=True, recursive=True)]
-    assert sum(flags) == 5 + 2 + 7
+    assert sum(flags) == 5 + 2 + 7 + 8
 
     rng = np.random.default_rng(4)
     inputs = {"token_ids": rng.integers(5, 40, (3, 10)).astype("int32"),
@@ -123,12 +172,22 @@ def test_install_on_a_backbone_matches_stock_and_cuts_gradient_ops(tiny_preset, 
 
     assert n_ops(fast) < 0.85 * n_ops(stock)
 
+    def einsums(model):  # traced as training traces it: batch and width unknown
+        specs = {k: tf.TensorSpec([None, None], v.dtype) for k, v in inputs.items()}
+        fn = tf.function(lambda inp: model(inp)["sequence_output"])
+        graph = fn.get_concrete_function(specs).graph
+        return [op.name for op in graph.get_operations() if op.type == "Einsum"]
+
+    # the 8 projections (query, key, value, output) run as MatMuls, no Einsum left
+    assert einsums(fast) == [] and len(einsums(stock)) >= 8, einsums(stock)
+
 
 @pytest.mark.parametrize("value", ["0", "off", "false"])
 def test_env_turns_it_off(value, monkeypatch):
     monkeypatch.setenv(fast_layers.ENV, value)
     model = keras.Sequential([keras.Input((3,)), keras.layers.LayerNormalization()])
-    assert fast_layers.install(model) == {"layer_norm": 0, "gelu": 0, "dropout": 0}
+    assert fast_layers.install(model) == {"layer_norm": 0, "gelu": 0, "dropout": 0,
+                                          "projection": 0}
 
 
 def test_cls_classifier_computes_only_the_first_position_of_the_last_layer(
