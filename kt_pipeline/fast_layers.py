@@ -156,7 +156,9 @@ def _projection(layer):
     plain projection the 2-D form can take, else None: equation
     ``<batch><in>,<in><out>-><batch><out>`` (KerasHub's attention projections
     ``abc,cde->abde`` and ``abcd,cde->abe``), a bias on every output axis or none, no
-    LoRA, not quantized."""
+    LoRA, not quantized. (LoRA enabled later is still right: the call reads
+    ``layer.kernel``, which adds it; a layer quantized later runs Keras's
+    ``quantized_call`` instead of ``call``.)"""
     m = re.fullmatch(r"([a-z]+),([a-z]+)->([a-z]+)", layer.equation.replace(" ", ""))
     if (m is None or getattr(layer, "lora_enabled", False)
             or getattr(layer, "quantization_mode", None) is not None):
@@ -221,8 +223,8 @@ def install(model) -> dict:
         elif isinstance(layer, keras.layers.Dropout) and layer.noise_shape is None:
             layer.call = types.MethodType(_dropout_call, layer)
             counts["dropout"] += 1
-        elif isinstance(layer, keras.layers.EinsumDense) and _projection(layer):
-            layer._kt_projection = _projection(layer)
+        elif isinstance(layer, keras.layers.EinsumDense) and (axes := _projection(layer)):
+            layer._kt_projection = axes
             layer.call = types.MethodType(_projection_call, layer)
             counts["projection"] += 1
         else:

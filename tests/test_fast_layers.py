@@ -235,3 +235,23 @@ def test_mean_pooling_keeps_every_position(tiny_preset):
     inputs = {"token_ids": np.arange(5, 23, dtype="int32").reshape(2, 9),
               "padding_mask": np.ones((2, 9), bool), "segment_ids": np.zeros((2, 9), "int32")}
     assert backbone(inputs)["sequence_output"].shape == (2, 9, 32)
+
+
+def test_projection_takes_lora_enabled_after_install():
+    x = np.random.default_rng(7).normal(size=(2, 5, 8)).astype("float32")
+
+    def make():
+        return keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, 2, 4),
+                                        bias_axes="de")
+
+    stock, fast = _pair(make, x)
+    assert fast_layers.install(fast)["projection"] == 1
+    before = np.asarray(fast(x))
+    for layer in (stock, fast):
+        layer.enable_lora(2)
+    b = np.random.default_rng(8).normal(size=fast.lora_kernel_b.shape).astype("float32")
+    for layer in (stock, fast):  # lora_kernel_b starts at zero: make LoRA count
+        layer.lora_kernel_a.assign(stock.lora_kernel_a)
+        layer.lora_kernel_b.assign(b)
+    np.testing.assert_allclose(fast(x), stock(x), atol=1e-5)
+    assert not np.allclose(fast(x), before, atol=1e-3)
