@@ -104,13 +104,14 @@ def _phase(name: str) -> str:
     return "F" if "backbone" in name else "."
 
 
-def timeline(space, bin_ms: float = 2.0) -> list[list[str]]:
-    """Per traced call, one string per compute thread: the phase (`_phase`) that thread
-    spent most of each ``bin_ms`` in, or a space when it ran ops less than a third of it."""
+def timeline(space, bin_ms: float = 2.0, steps: int | None = None) -> list[list[str]]:
+    """Per traced call (the first ``steps``; all when None), one string per compute thread:
+    the phase (`_phase`) that thread spent most of each ``bin_ms`` in, or a space when it
+    ran ops less than a third of it."""
     ops, size = list(_thread_ops(space)), int(bin_ms * 1e9)
     threads = sorted({t for t, _, _, _ in ops})
     out = []
-    for a, b in _calls(space):
+    for a, b in _calls(space)[:steps]:
         rows = []
         for thread in threads:
             bins = [collections.Counter() for _ in range(-(-(b - a) // size))]
@@ -206,7 +207,7 @@ def main():
         events = op_events(space)
         by_type, by_name, count = op_times(events, a.steps)
         overlap = concurrency(space, events, a.steps) if a.concurrency else None
-        rows = timeline(space, a.bin)[:a.timeline]
+        rows = timeline(space, a.bin, a.timeline) if a.timeline else []
 
     total = sum(by_type.values())
     print(f"{a.steps} steps: {wall_ms:.1f} ms a step (wall, profiled), "
