@@ -141,10 +141,10 @@ def test_install_on_a_backbone_matches_stock_and_cuts_gradient_ops(tiny_preset, 
     # tiny BERT: 2 layers -> 2*2+1 layer norms, 2 GELU dense, 2*3+1 dropouts
     # and 2*4 attention projections (query, key, value, output)
     assert fast_layers.install(fast) == {"layer_norm": 0, "gelu": 0, "dropout": 0,
-                                         "projection": 0}  # idempotent
+                                         "projection": 0, "attention": 0}  # idempotent
     flags = [getattr(layer, "_kt_fast", False)
              for layer in fast._flatten_layers(include_self=True, recursive=True)]
-    assert sum(flags) == 5 + 2 + 7 + 8
+    assert sum(flags) == 5 + 2 + 7 + 8 + 2  # and the 2 attention layers
 
     rng = np.random.default_rng(4)
     inputs = {"token_ids": rng.integers(5, 40, (3, 10)).astype("int32"),
@@ -187,7 +187,7 @@ def test_env_turns_it_off(value, monkeypatch):
     monkeypatch.setenv(fast_layers.ENV, value)
     model = keras.Sequential([keras.Input((3,)), keras.layers.LayerNormalization()])
     assert fast_layers.install(model) == {"layer_norm": 0, "gelu": 0, "dropout": 0,
-                                          "projection": 0}
+                                          "projection": 0, "attention": 0}
 
 
 def test_cls_classifier_computes_only_the_first_position_of_the_last_layer(
@@ -255,3 +255,108 @@ def test_projection_takes_lora_enabled_after_install():
         layer.lora_kernel_b.assign(b)
     np.testing.assert_allclose(fast(x), stock(x), atol=1e-5)
     assert not np.allclose(fast(x), before, atol=1e-3)
+
+
+def _attention_grads(layer, x, mask, training, **kwargs):
+    """Output and gradients (input, weights) of a weighted sum of self-attention on ``x``."""
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, x, attention_mask=mask, training=training, **kwargs)
+        y = y[0] if isinstance(y, tuple) else y
+        y32 = tf.cast(y, "float32")
+        loss = tf.reduce_sum(y32 * tf.sin(tf.reshape(tf.range(tf.size(y32), dtype="float32"),
+                                                     tf.shape(y32))))
+    return y, tape.gradient(loss, [x] + list(layer.trainable_variables))
+
+
+def _attention_pair(x, dropout=0.3, **kwargs):
+    def make():  # the same seed: the same dropout masks, call after call
+        return keras.layers.MultiHeadAttention(4, 8, dropout=dropout, seed=11, **kwargs)
+
+    stock, fast = make(), make()
+    stock(x, x), fast(x, x)
+    fast.set_weights(stock.get_weights())
+    return stock, fast
+
+
+def _masks(batch=3, length=7):
+    """No mask; KerasHub's padding mask (int, ``[B, 1, S]``) with an all-padding row;
+    a boolean ``[B, T, S]`` mask with a query that may attend to nothing."""
+    padding = np.ones((batch, 1, length), "int32")
+    padding[1, :, 4:] = 0
+    padding[-1] = 0
+    full = np.tril(np.ones((batch, length, length), bool))  # causal, as a mask
+    full[0, 3] = False
+    return {"none": None, "padding": padding, "query_rows": full}
+
+
+@pytest.mark.parametrize("mask", ["none", "padding", "query_rows"])
+@pytest.mark.parametrize("training", [False, True])
+def test_attention_matches_keras_with_its_dropout_mask(mask, training):
+    x = np.random.default_rng(9).normal(size=(3, 7, 16)).astype("float32")
+    stock, fast = _attention_pair(x)
+    assert fast_layers.install(fast)["attention"] == 1
+    m = _masks()[mask]
+    for _ in range(2):  # the seed generators advance alike
+        y0, g0 = _attention_grads(stock, x, m, training)
+        y1, g1 = _attention_grads(fast, x, m, training)
+        np.testing.assert_allclose(y1, y0, atol=1e-5)
+        for a, b in zip(g1, g0):  # input, then the weights
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    if mask == "padding":  # a sample with no key to attend to: zeros, as Keras
+        np.testing.assert_allclose(y1[2], np.broadcast_to(fast._output_dense.bias, (7, 16)))
+    if training:
+        y_eval, _ = _attention_grads(fast, x, m, False)
+        assert not np.allclose(y1, y_eval, atol=1e-3)  # the dropout did drop
+
+
+def test_attention_replaces_the_selects_around_the_softmax():
+    x = np.random.default_rng(10).normal(size=(3, 7, 16)).astype("float32")
+    stock, fast = _attention_pair(x)
+    fast_layers.install(fast)
+
+    def selects(layer):
+        fn = tf.function(lambda: _attention_grads(layer, x, _masks()["padding"], True))
+        graph = fn.get_concrete_function().graph
+        return sum(op.type == "SelectV2" for op in graph.get_operations())
+
+    # Keras: a select before the softmax and one after, and theirs in the backward pass
+    assert selects(fast) <= 1 < selects(stock), (selects(fast), selects(stock))
+
+
+@pytest.mark.parametrize("case", ["scores", "causal", "no_dropout", "subclass"])
+def test_attention_leaves_other_paths_to_keras(case):
+    x = np.random.default_rng(12).normal(size=(2, 5, 16)).astype("float32")
+    stock, fast = _attention_pair(x, dropout=0.0 if case == "no_dropout" else 0.3)
+    if case == "subclass":
+        class Custom(keras.layers.MultiHeadAttention):
+            def _compute_attention(self, *args, **kwargs):
+                return super()._compute_attention(*args, **kwargs)
+
+        assert fast_layers.install(Custom(2, 4))["attention"] == 0
+        return
+    assert fast_layers.install(fast)["attention"] == 1
+    kwargs = {"scores": {"return_attention_scores": True},
+              "causal": {"use_causal_mask": True}}.get(case, {})
+    # a causal mask alone goes to Keras (merged with another, it is a mask like any)
+    mask = None if case == "causal" else _masks(2, 5)["padding"]
+    for training in (False, True):
+        y0 = stock(x, x, attention_mask=mask, training=training, **kwargs)
+        y1 = fast(x, x, attention_mask=mask, training=training, **kwargs)
+        for a, b in zip(tf.nest.flatten(y1), tf.nest.flatten(y0)):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_attention_keeps_the_mixed_precision_contract(policy):
+    x = np.random.default_rng(13).normal(size=(3, 7, 16)).astype("float32")
+    stock, fast = _attention_pair(x, dtype=policy)
+    assert fast_layers.install(fast)["attention"] == 1
+    mask = _masks()["padding"]
+    for training in (False, True):
+        y0 = stock(x, x, attention_mask=mask, training=training)
+        y1 = fast(x, x, attention_mask=mask, training=training)
+        assert y1.dtype == y0.dtype and y1.dtype != tf.float32
+        assert np.isfinite(tf.cast(y1, "float32")).all()
+        np.testing.assert_allclose(tf.cast(y1, "float32"), tf.cast(y0, "float32"), atol=5e-2)
