@@ -26,7 +26,7 @@ classes or what gets saved:
   the scores scaled and offset by a 0 / -1e9 bias from the mask, where Keras selects
   before the softmax and again after it (forward and backward); the same dropout mask,
   and zeros for a query with no key to attend to, as Keras gives. 1.02x a MiniLM
-  training step (stop 25).
+  training step (BENCHMARKS.md, section 3, stop 25).
 
 :func:`install_cls_only` (for a classifier that reads the first position only) runs
 the last transformer layer for that position. Outputs and gradients match the stock
@@ -170,8 +170,8 @@ def _attention(self, query, key, value, attention_mask=None, training=None,
     scores scaled and offset by a 0 / -1e9 bias from the mask (one add, where Keras
     selects before the softmax and again after it), and the rows with no key to attend
     to zeroed by the dropout's multiplier (Keras's second select does that). Same
-    dropout mask. Anything else (scores returned, a causal mask, other shapes) is
-    Keras's."""
+    dropout mask. Anything else (scores returned, a causal mask alone, which Keras passes
+    as ``use_causal_mask``, other shapes, no dropout) is Keras's."""
     import tensorflow as tf
     from keras.src.layers.activations.softmax import _large_negative_number
 
