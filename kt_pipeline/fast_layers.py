@@ -163,6 +163,9 @@ def _keep_mask(layer, inputs, scale):
     return tf.cast(uniform >= layer.rate, inputs.dtype) * scale
 
 
+_MHA_COMPUTE = keras.layers.MultiHeadAttention._compute_attention  # install's condition
+
+
 def _attention(self, query, key, value, attention_mask=None, training=None,
                return_attention_scores=False, use_causal_mask=False):
     """``MultiHeadAttention._compute_attention`` for ``[batch, length, heads, dim]``
@@ -178,8 +181,8 @@ def _attention(self, query, key, value, attention_mask=None, training=None,
     rate = self._dropout_layer.rate
     if (return_attention_scores or use_causal_mask or len(query.shape) != 4
             or tuple(self._attention_axes) != (1,) or not 0.0 < rate < 1.0):
-        return self._kt_stock_attention(query, key, value, attention_mask, training,
-                                        return_attention_scores, use_causal_mask=use_causal_mask)
+        return _MHA_COMPUTE(self, query, key, value, attention_mask, training,
+                            return_attention_scores, use_causal_mask=use_causal_mask)
     dtype = query.dtype
     q, k, v = (tf.transpose(t, [0, 2, 1, 3]) for t in (query, key, value))  # [B, N, T, H]
     scores = tf.matmul(q, k, transpose_b=True) * tf.cast(self._inverse_sqrt_key_dim, dtype)
@@ -200,9 +203,6 @@ def _attention(self, query, key, value, attention_mask=None, training=None,
     elif any_key is not None:
         probs *= any_key
     return tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3]), None
-
-
-_MHA_COMPUTE = keras.layers.MultiHeadAttention._compute_attention
 
 
 def _projection(layer):
@@ -279,7 +279,6 @@ def install(model) -> dict:
             counts["dropout"] += 1
         elif (isinstance(layer, keras.layers.MultiHeadAttention)
               and type(layer)._compute_attention is _MHA_COMPUTE):  # not overridden
-            layer._kt_stock_attention = layer._compute_attention
             layer._compute_attention = types.MethodType(_attention, layer)
             counts["attention"] += 1
         elif isinstance(layer, keras.layers.EinsumDense) and (axes := _projection(layer)):

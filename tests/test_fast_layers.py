@@ -9,12 +9,13 @@ import tensorflow as tf
 from kt_pipeline import encoders, fast_layers
 
 
-def _grads(layer, x, training=False, weights=True):
-    """Output and gradients (input, then trainable weights) of a weighted sum of ``layer(x)``."""
+def _grads(layer, x, training=False, weights=True, call=None):
+    """Output and gradients (input, then trainable weights) of a weighted sum of ``layer(x)``
+    (or of ``call(x, training)``, which calls ``layer``)."""
     x = tf.convert_to_tensor(x)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        y = layer(x, training=training)
+        y = call(x, training) if call else layer(x, training=training)
         y32 = tf.cast(y, "float32")
         w = tf.sin(tf.reshape(tf.range(tf.size(y32), dtype="float32"), tf.shape(y32)))
         loss = tf.reduce_sum(y32 * w)
@@ -22,10 +23,10 @@ def _grads(layer, x, training=False, weights=True):
     return y, tape.gradient(loss, sources)
 
 
-def _pair(make, x):
-    """A stock layer and a fast one with the same weights."""
+def _pair(make, *inputs):
+    """A stock layer and a fast one with the same weights (built on ``inputs``)."""
     stock, fast = make(), make()
-    stock(x), fast(x)
+    stock(*inputs), fast(*inputs)
     fast.set_weights(stock.get_weights())
     return stock, fast
 
@@ -257,27 +258,17 @@ def test_projection_takes_lora_enabled_after_install():
     assert not np.allclose(fast(x), before, atol=1e-3)
 
 
-def _attention_grads(layer, x, mask, training, **kwargs):
-    """Output and gradients (input, weights) of a weighted sum of self-attention on ``x``."""
-    x = tf.convert_to_tensor(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = layer(x, x, attention_mask=mask, training=training, **kwargs)
-        y = y[0] if isinstance(y, tuple) else y
-        y32 = tf.cast(y, "float32")
-        loss = tf.reduce_sum(y32 * tf.sin(tf.reshape(tf.range(tf.size(y32), dtype="float32"),
-                                                     tf.shape(y32))))
-    return y, tape.gradient(loss, [x] + list(layer.trainable_variables))
+def _attention_grads(layer, x, mask, training):
+    """`_grads` of self-attention on ``x`` with ``mask``."""
+    return _grads(layer, x, training, call=lambda t, training: layer(
+        t, t, attention_mask=mask, training=training))
 
 
 def _attention_pair(x, dropout=0.3, **kwargs):
     def make():  # the same seed: the same dropout masks, call after call
         return keras.layers.MultiHeadAttention(4, 8, dropout=dropout, seed=11, **kwargs)
 
-    stock, fast = make(), make()
-    stock(x, x), fast(x, x)
-    fast.set_weights(stock.get_weights())
-    return stock, fast
+    return _pair(make, x, x)
 
 
 def _masks(batch=3, length=7):
