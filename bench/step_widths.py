@@ -6,7 +6,8 @@
 The MiniLM classifier as `train_ab.py` and `profile_step.py` build it (CLS pooling,
 `FusedAdamW`, bucketed SST-2 at max_seq_length 128, batch 32), no profiler. ``--steps``
 batches of one shuffled stream (after ``--skip``) run through the train function on a
-`tf.data` iterator, `fit`'s path, each timed to its loss being read. Prints, for each
+`tf.data` iterator, `fit`'s path, each timed to its loss being read (after the 10 `fit`
+steps that build and trace the model, `cpu_train.ours_ready`). Prints, for each
 width (tokens a row) of the full batches: how many, the first step's ms, the median and
 the fastest of the later ones; then a least-squares line through the medians
 (``ms = fixed + per_width * width``: ``fixed`` is what a step costs whatever its width,
@@ -26,12 +27,15 @@ from common import emit, median, require_sst2
 
 
 def by_width(record):
-    """``{width: (first_ms, [later ms], index of the first, widest yet)}`` of full batches."""
+    """``{width: (first_ms, [later ms], index of the first, widest yet)}`` from ``record``
+    (``[(width, rows, ms)]``), full batches only (the most rows); "widest yet" counts the
+    partial batches before it too (their buffers are as wide)."""
+    full = max(rows for _, rows, _ in record)
     out, widest = {}, 0
     for i, (width, rows, ms) in enumerate(record):
-        if width in out:
+        if rows == full and width in out:
             out[width][1].append(ms)
-        elif rows == record[0][1]:
+        elif rows == full:
             out[width] = (ms, [], i, width > widest)
         widest = max(widest, width)
     return out

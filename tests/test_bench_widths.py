@@ -12,14 +12,15 @@ step_widths = pytest.importorskip("step_widths")
 
 def test_by_width_keeps_each_widths_first_step_apart_and_flags_the_widest_yet():
     record = [(4, 32, 90.0), (6, 32, 300.0), (4, 32, 70.0), (5, 32, 80.0), (6, 32, 100.0),
-              (9, 7, 50.0), (5, 32, 82.0), (9, 32, 400.0)]  # (width, rows, ms)
+              (9, 7, 50.0), (5, 32, 82.0), (4, 3, 20.0), (9, 32, 400.0)]  # (width, rows, ms)
     got = step_widths.by_width(record)
     assert got[4] == (90.0, [70.0], 0, True)
     assert got[6] == (300.0, [100.0], 1, True)
     assert got[5] == (80.0, [82.0], 3, False)  # 6 came first
-    # A partial batch (7 rows) is no width's first step; the first full one at 9 is the
+    # Partial batches (7 and 3 rows) are no width's steps; the first full one at 9 is the
     # widest yet only against earlier widths, the partial batch's included.
-    assert got[9] == (400.0, [], 7, False)
+    assert got[9] == (400.0, [], 8, False)
+    assert sorted(got) == [4, 5, 6, 9]
 
 
 def test_line_recovers_an_exact_line_and_a_flat_one():
