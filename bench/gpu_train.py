@@ -68,13 +68,21 @@ def run_keras(args):
         "padding_mask": np.ones((n, args.seq), np.int32),
     }
     y = rng.integers(0, 2, (n,), dtype=np.int32)
-    model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0)  # compile + warm up
+    times = _fit_windows(args, lambda: model.fit(x, y, batch_size=args.batch, epochs=1,
+                                                 verbose=0))
+    return times, keras.backend.backend()
+
+
+def _fit_windows(args, fit):
+    """Seconds of each of ``args.repeats`` calls of ``fit`` (one timed window of
+    ``args.steps`` steps each), after one untimed call that compiles and warms up."""
+    fit()
     times = []
     for _ in range(args.repeats):
         t = time.perf_counter()
-        model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0)
+        fit()
         times.append(time.perf_counter() - t)
-    return times, keras.backend.backend()
+    return times
 
 
 def _backbone(args):
@@ -93,15 +101,14 @@ def run_kt(args):
     import numpy as np
     import tensorflow as tf
 
-    from kt_pipeline import batch_split, fast_layers, models, optim, strategy, training
+    from kt_pipeline import encoders, models, optim, strategy, training
 
     training.set_precision(args.bf16)
     chosen = strategy.make_strategy("auto", verbose=False)
     n = args.batch * args.steps
     with chosen.strategy.scope():
         backbone = _backbone(args)
-        fast = fast_layers.install(backbone)  # as encoders.load_backbone does
-        batch_split.install(backbone)
+        fast = encoders.speed_up(backbone)  # as encoders.load_backbone does
         model = models.build_classifier(backbone, 2, "cls", dropout=args.dropout)
         opt = optim.build_optimizer(2e-5, warmup_steps=args.steps,
                                     total_steps=args.steps * (args.repeats + 2))
@@ -112,12 +119,8 @@ def run_kt(args):
     labels = rng.integers(0, 2, (n,), dtype=np.int32)
     ds = (tf.data.Dataset.from_tensor_slices((features, labels))
           .batch(args.batch, drop_remainder=True).repeat().prefetch(2))
-    model.fit(ds, steps_per_epoch=args.steps, epochs=1, verbose=0)  # compile + warm up
-    times = []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        model.fit(ds, steps_per_epoch=args.steps, epochs=1, verbose=0)
-        times.append(time.perf_counter() - t)
+    times = _fit_windows(args, lambda: model.fit(ds, steps_per_epoch=args.steps, epochs=1,
+                                                 verbose=0))
     return times, (f"kt-pipeline on {chosen.kind} ({type(opt).__name__}, "
                    f"{sum(fast.values())} fast layers, {tf.config.list_physical_devices('GPU')!r})")
 
