@@ -7,6 +7,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RUNS = [
     ["cache_build.py"],
+    ["cache_memory.py", "--rows", "1000000"],
     ["cache_per_length.py"],
     ["reader_throughput.py"],
     ["cpu_train.py", "throughput", "--system", "ours", "--padding", "bucket"],
@@ -14,6 +15,8 @@ RUNS = [
     ["train_vs_peer.py"],  # the two above, drift-free
     ["cpu_train.py", "throughput", "--system", "ours", "--padding", "fixed"],
     ["cpu_train.py", "throughput", "--system", "peer", "--padding", "fixed"],
+    ["cpu_train.py", "tta", "--system", "ours"],
+    ["cpu_train.py", "tta", "--system", "peer"],
     ["optimizer_step.py"],
     ["frozen_speedup.py"],
 ]
