@@ -120,11 +120,14 @@ class CacheSettings:
                 "--task clustering needs --group-col (splits are grouped by it, e.g. book)"
             )
         r = self.ratios
-        if len(r) != 3 or min(r) < 0 or abs(sum(r) - 1.0) > 1e-6 or r[0] <= 0:
+        if (len(r) != 3 or not all(map(math.isfinite, r)) or min(r) < 0
+                or abs(sum(r) - 1.0) > 1e-6 or r[0] <= 0):
             raise ConfigError(
                 f"--ratios {','.join(map(str, r))}: expected three non-negative numbers "
                 "(train,validation,test) that sum to 1 with train > 0, e.g. 0.8,0.1,0.1"
             )
+        if int(self.seed) < 0:
+            raise ConfigError(f"--seed {self.seed}: expected a non-negative integer")
         if not 2 <= int(self.max_length) <= 100_000:
             raise ConfigError(f"--max-length {self.max_length}: expected an integer >= 2")
         if self.labels is not None and (not self.labels or len(set(self.labels)) != len(self.labels)):

@@ -455,3 +455,16 @@ def test_every_record_holds_the_keras_hub_ids_of_its_text(tmp_path, tok, model_t
         ids, label, note = got[str(i)]
         assert ids == want[i], (i, t)
         assert m["labels"][label] == "ab"[i % 2] and note == f"n{i % 5}"
+
+
+def test_bad_seed_or_nan_ratios_are_config_errors_not_tracebacks(tmp_path, tiny_preset, capsys):
+    with pytest.raises(ConfigError, match="seed"):
+        cache.CacheSettings(seed=-1)
+    with pytest.raises(ConfigError, match="ratios"):
+        cache.CacheSettings(ratios=(float("nan"), 0.0, 0.0))
+    src = make_csv(tmp_path / "d.csv", n=20)
+    args = ["build-tfrecords", "--input", src, "--output", str(tmp_path / "c"),
+            "--preset", tiny_preset, "--quiet"]
+    for bad in (["--seed", "-1"], ["--ratios", "nan,0,0"]):
+        assert cli_main(args + bad) == 2
+        assert capsys.readouterr().err.startswith("error: --")
