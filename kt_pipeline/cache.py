@@ -64,7 +64,14 @@ from kt_pipeline.reader import (
     CacheError,
     load_manifest,
 )
-from kt_pipeline.sources import SKIP_REASONS, Source, file_sha256, open_source, skip_error
+from kt_pipeline.sources import (
+    SKIP_REASONS,
+    Source,
+    check_input,
+    file_sha256,
+    open_source,
+    skip_error,
+)
 
 __all__ = [
     "CacheError",
@@ -773,6 +780,21 @@ def differences(manifest: dict, settings: CacheSettings, sha256: str, fingerprin
     return diffs
 
 
+def _make_cache_dir(cache_dir: str) -> None:
+    """Create `cache_dir` (before any work), or say why it cannot be the cache."""
+    import tensorflow as tf
+
+    gf = _gfile()
+    if gf.exists(cache_dir) and not gf.isdir(cache_dir):
+        raise DataError(f"--output {cache_dir} is a file; the cache is a directory: pass "
+                        "a directory path (default: tfrecords/<input stem>)")
+    try:
+        gf.makedirs(cache_dir)
+    except tf.errors.OpError as e:
+        raise DataError(f"--output {cache_dir}: cannot create the cache directory "
+                        f"({e.message}); pass a writable directory path") from None
+
+
 def _resolve(settings, kwargs) -> CacheSettings:
     if settings is not None and kwargs:
         settings = dataclasses.replace(settings, **kwargs)
@@ -798,6 +820,7 @@ def build_cache(input_path: str, cache_dir: Optional[str] = None, *,
     cache_dir = (cache_dir or default_cache_dir(input_path)).rstrip("/")
     source = open_source(input_path, st.text_col, st.label_col, st.group_col, st.extra_cols,
                          st.format, st.delimiter, st.header)
+    _make_cache_dir(cache_dir)
     tokenizer, preset = _tokenizer(tokenizer, preset)
     encode_ids = ids_encoder(tokenizer, st.max_length)
 
@@ -819,7 +842,6 @@ def build_cache(input_path: str, cache_dir: Optional[str] = None, *,
         shards, nshards = assign_shards(splits, st.seed)
 
         build_id = _new_build_id()
-        _gfile().makedirs(cache_dir)
         shard_list = write_shards(spill, encode_ids, sc, keep, splits, shards, nshards,
                                   posixpath.join(cache_dir, f"data-{build_id}"),
                                   st.extra_cols, progress)
@@ -867,8 +889,7 @@ def ensure_cache(input_path: str, cache_dir: Optional[str] = None, *,
     """
     st = _resolve(settings, kwargs)
     cache_dir = (cache_dir or default_cache_dir(input_path)).rstrip("/")
-    if not _gfile().exists(input_path):
-        raise DataError(f"input file not found: {input_path}")
+    check_input(input_path)
     tokenizer, preset = _tokenizer(tokenizer, preset)
     sha256 = file_sha256(input_path)
     if not force:

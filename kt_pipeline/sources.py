@@ -428,6 +428,15 @@ def _first_json_keys(path: str) -> list[str]:
     return []
 
 
+def check_input(path: str) -> None:
+    """Raise :class:`DataError` unless `path` is an existing file."""
+    gf = _gfile()
+    if not gf.exists(path):
+        raise DataError(f"input file not found: {path}")
+    if gf.isdir(path):
+        raise DataError(f"input is a directory, expected a file: {path}")
+
+
 def open_source(
     path: str,
     text_col: str = "text",
@@ -445,11 +454,7 @@ def open_source(
     header. Raises :class:`DataError` for a missing file or column (listing the
     columns found).
     """
-    gf = _gfile()
-    if not gf.exists(path):
-        raise DataError(f"input file not found: {path}")
-    if gf.isdir(path):
-        raise DataError(f"input is a directory, expected a file: {path}")
+    check_input(path)
     if format is not None and format not in FORMATS:
         raise DataError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
     head = _first_bytes(path)

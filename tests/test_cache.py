@@ -468,3 +468,14 @@ def test_bad_seed_or_nan_ratios_are_config_errors_not_tracebacks(tmp_path, tiny_
     for bad in (["--seed", "-1"], ["--ratios", "nan,0,0"]):
         assert cli_main(args + bad) == 2
         assert capsys.readouterr().err.startswith("error: --")
+
+
+def test_input_dir_or_output_file_is_an_error_not_a_traceback(tmp_path, tiny_preset, capsys):
+    src = make_csv(tmp_path / "d.csv", n=20)
+    base = ["build-tfrecords", "--preset", tiny_preset, "--quiet"]
+    assert cli_main(base + ["--input", str(tmp_path), "--output", str(tmp_path / "c")]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert cli_main(base + ["--input", src, "--output", src]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "d.csv" in err and "--output" in err
+    assert pathlib.Path(src).read_text().startswith("id,text,label")
