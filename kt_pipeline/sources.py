@@ -38,7 +38,7 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 # Why a row was skipped; the order is the order checks run (and summaries print).
 SKIP_REASONS = (
     "undecodable",  # bytes that are not UTF-8
-    "malformed",  # wrong field count, invalid JSON, not a JSON object
+    "malformed",  # wrong field count, broken quoting, invalid JSON, not a JSON object
     "empty_text",  # text missing, empty or whitespace-only
     "missing_label",  # label column empty / missing
     "missing_group",  # group column empty / missing (when a group column is set)
@@ -317,7 +317,10 @@ class Source:
         """Rows parsed by ``csv`` from `byte_lines` (line numbers start after `offset`)."""
         lines = _DecodedLines(byte_lines)
         lines.num = offset
-        reader = csv.reader(lines, delimiter=self.delimiter, quotechar='"', doublequote=True)
+        # strict: text after a closing quote, or a quote still open at the end of the file,
+        # is an error (a malformed row), not text that swallows the rows that follow
+        reader = csv.reader(lines, delimiter=self.delimiter, quotechar='"', doublequote=True,
+                            strict=True)
         prev = offset
         while True:
             try:

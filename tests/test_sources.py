@@ -90,6 +90,22 @@ def test_skip_reasons_with_line_numbers(tmp_path):
     assert "s.csv line 5" in msg and "'label'" in msg and "Fix:" in msg
 
 
+def test_stray_quote_does_not_merge_rows_silently(tmp_path):
+    # A TSV (written without quoting) whose text starts with a quote: csv reads a quoted
+    # field up to the next quote, lines away. The rows it swallowed must not come out as
+    # one good row holding them; the merged row is malformed, the others are read.
+    data = 'text\tlabel\n"quoted start\t1\nmiddle row\t0\nend "row\t1\nlast\t0\n'
+    src = open_source(write(tmp_path, "q.tsv", data.encode()), "text", "label")
+    recs, skips = read_all(src)
+    assert [(r.text, r.label) for r in recs if not r.skip] == [("last", "0")]
+    bad = [r for r in recs if r.skip]
+    assert skips == {"malformed": 1} and bad[0].line == 2 and "lines 2-4" in bad[0].detail
+    # An unterminated quote at the end of the file is malformed too, not a label "1\n...".
+    data = 'text,label\nfine,0\nopen,"1\nrest,0\n'
+    recs, skips = read_all(open_source(write(tmp_path, "u.csv", data.encode()), "text", "label"))
+    assert [r.text for r in recs if not r.skip] == ["fine"] and skips == {"malformed": 1}
+
+
 def test_jsonl_rows_and_malformed_lines(tmp_path):
     lines = [
         json.dumps({"text": "first", "label": 1, "book": "b"}),
