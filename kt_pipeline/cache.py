@@ -65,6 +65,7 @@ from kt_pipeline.reader import (
     load_manifest,
 )
 from kt_pipeline.sources import (
+    FIXES,
     SKIP_REASONS,
     Source,
     check_input,
@@ -833,9 +834,13 @@ def build_cache(input_path: str, cache_dir: Optional[str] = None, *,
         sha256 = sc.sha256
         labels, keep = select_rows(sc, st.labels, source, st.strict)
         if not len(keep):
+            fixes = "; ".join(f"{r.replace('_', ' ')}: {FIXES[r]}"
+                              for r in SKIP_REASONS if sc.skipped.get(r))
             raise DataError(
                 f"{input_path}: no usable rows ({sc.rows_read} read; skipped: "
-                f"{_fmt_skips(sc.skipped) or 'none'}). Check --text-col/--label-col/--labels"
+                f"{_fmt_skips(sc.skipped) or 'none'}). "
+                + (f"Fix: {fixes}; or check --text-col/--label-col/--labels" if fixes else
+                   "The file has no data rows (only a header or blank lines?)")
             )
         grouped = st.group_col is not None
         splits = assign_splits(sc.label[keep], sc.group[keep] if grouped else None, st.ratios, st.seed)

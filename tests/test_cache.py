@@ -479,3 +479,15 @@ def test_input_dir_or_output_file_is_an_error_not_a_traceback(tmp_path, tiny_pre
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "d.csv" in err and "--output" in err
     assert pathlib.Path(src).read_text().startswith("id,text,label")
+
+
+def test_no_usable_rows_error_names_the_fix(tmp_path, tok):
+    # A Korean file saved as cp949 (common on Windows): every row is undecodable.
+    src = tmp_path / "kr.csv"
+    src.write_bytes("text,label\n정말 재미있어요,1\n별로예요,0\n".encode("cp949"))
+    with pytest.raises(DataError) as e:
+        cache.build_cache(str(src), str(tmp_path / "c"), tokenizer=tok, progress=False)
+    assert "undecodable 2" in str(e.value) and "UTF-8" in str(e.value)
+    src.write_text("text,label\n")
+    with pytest.raises(DataError, match="no data rows"):
+        cache.build_cache(str(src), str(tmp_path / "c"), tokenizer=tok, progress=False)
