@@ -383,7 +383,7 @@ class Source:
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
                 obj, err = None, f"invalid JSON: {e}"
             else:
                 err = None if isinstance(obj, dict) else "not a JSON object"
@@ -424,7 +424,7 @@ def _first_json_keys(path: str) -> list[str]:
             continue
         try:
             obj = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(obj, dict):
             return list(obj)

@@ -124,6 +124,15 @@ def test_jsonl_rows_and_malformed_lines(tmp_path):
     assert [(r.text, r.label, r.extras) for r in ok] == [("first", "1", ("b",)), ("second", "0", ("",))]
 
 
+def test_jsonl_too_deeply_nested_line_is_malformed(tmp_path):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for first in (b"", b'{"text": "first", "label": 1}\n'):  # the deep line opens the file, or not
+        data = first + b'{"text": ' + deep + b', "label": 1}\n{"text": "ok", "label": 0}\n'
+        recs, skips = read_all(open_source(write(tmp_path, "d.jsonl", data), "text", "label"))
+        assert skips == {"malformed": 1} and recs[-1].text == "ok"
+        assert "line" in next(r for r in recs if r.skip).detail
+
+
 def test_shared_data_files_detect_columns(shared_data):
     for path, text, n in [("nsmc/ratings_train.txt", "document", 10000),
                           ("sst2/train.tsv", "sentence", 67349)]:
