@@ -10,7 +10,8 @@ Two streaming passes keep memory flat as the input grows:
 1. parse every row (:mod:`kt_pipeline.sources`), count skips by reason, and keep only
    compact per-row numpy metadata (row ordinal, line, label index, group id, a 64-bit
    text hash), and copy the candidate rows to a local temp :class:`Spill`. Then choose
-   the label set, drop rows outside it, drop exact duplicate texts, and assign splits
+   the label set, drop rows outside it, drop duplicate texts (equal once whitespace
+   runs and ends are ignored, as the tokenizer does), and assign splits
    (stratified by label, or grouped) and shards;
 2. stream the spill back through ``tf.data`` (tokenising at ``max_length``, via
    :mod:`kt_pipeline.fast_wordpiece` when it applies, dropping the rows not kept,
@@ -218,7 +219,10 @@ def scan(source: Source, strict: bool = False, progress: bool = True,
             line(rec.line)
             label(_intern(labels, rec.label))
             group(_intern(groups, rec.group))
-            hashes(from_bytes(blake(text, digest_size=8).digest(), "little"))
+            # whitespace runs and ends do not change the token ids: hash the text without them
+            t = rec.text.strip()
+            key = (t if t.isprintable() and "  " not in t else " ".join(t.split())).encode()
+            hashes(from_bytes(blake(key, digest_size=8).digest(), "little"))
             if write is not None:
                 write(text, rec.group, rec.extras)
     arrays = {k: np.frombuffer(v, dtype=v.typecode).copy() if len(v) else np.zeros(0, v.typecode)

@@ -43,7 +43,7 @@ SKIP_REASONS = (
     "missing_label",  # label column empty / missing
     "missing_group",  # group column empty / missing (when a group column is set)
     "label_not_in_set",  # label outside --labels or the inferred set (see cache.py)
-    "duplicate_text",  # exact duplicate of an earlier row's text (see cache.py)
+    "duplicate_text",  # an earlier row's text, up to whitespace (see cache.py)
 )
 
 # How to fix a row skipped for each reason (used in --strict errors).

@@ -491,3 +491,25 @@ def test_no_usable_rows_error_names_the_fix(tmp_path, tok):
     src.write_text("text,label\n")
     with pytest.raises(DataError, match="no data rows"):
         cache.build_cache(str(src), str(tmp_path / "c"), tokenizer=tok, progress=False)
+
+
+def test_texts_differing_only_in_whitespace_are_duplicates(tmp_path, tok):
+    # The tokenizer ignores leading, trailing and repeated whitespace: the same ids must
+    # not land in two splits.
+    src = tmp_path / "w.csv"
+    rows = [f"text {i} here,{i % 2}" for i in range(40)]
+    rows += ["text 3 here ,1", "  text 3   here,1", '"text 3\there",1']
+    src.write_text("text,label\n" + "\n".join(rows) + "\n")
+    m = cache.build_cache(str(src), str(tmp_path / "c"), tokenizer=tok, progress=False)
+    assert m["counts"]["skipped"]["duplicate_text"] == 3
+    assert sum(m["counts"]["written"].values()) == 40
+    ids = [tuple(t) for s in reader.SPLITS for t in _token_ids(m["cache_dir"], s)]
+    assert len(ids) == len(set(ids)) == 40
+
+
+def _token_ids(cache_dir, split):
+    ds = reader.make_dataset(cache_dir, split, batch_size=64, max_seq_length=64,
+                             padding="dynamic")
+    for f, _ in ds:
+        for row, mask in zip(f["token_ids"].numpy(), f["padding_mask"].numpy()):
+            yield row[mask.astype(bool)].tolist()
