@@ -298,11 +298,17 @@ def select_rows(sc: Scan, declared: Optional[Sequence[str]], source: Source,
 # -- splitting -----------------------------------------------------------------------
 
 
-def split_counts(n: int, ratios: Sequence[float]) -> list:
-    """Largest-remainder split of `n` items by `ratios` (exact, deterministic)."""
+def split_counts(n: int, ratios: Sequence[float],
+                 behind: Optional[Sequence[float]] = None) -> list:
+    """Largest-remainder split of `n` items by `ratios` (exact, deterministic).
+
+    Equal remainders go first to the part most `behind` its target (default: the first).
+    """
     exact = [n * r for r in ratios]
     base = [int(math.floor(e + 1e-9)) for e in exact]
-    order = sorted(range(len(ratios)), key=lambda i: (-(exact[i] - base[i]), i))
+    behind = behind if behind is not None else [0.0] * len(ratios)
+    order = sorted(range(len(ratios)),
+                   key=lambda i: (-round(exact[i] - base[i], 9), -behind[i], i))
     for i in order[: n - sum(base)]:
         base[i] += 1
     return base
@@ -314,7 +320,8 @@ def assign_splits(labels: np.ndarray, groups: Optional[np.ndarray], ratios, seed
     With ``groups``: whole groups go to the split furthest below its target share
     (relative), in a seeded order, so no group spans two splits. Otherwise rows are
     stratified by ``labels``: each label's rows are shuffled and cut by
-    :func:`split_counts`, so per-label proportions are exact.
+    :func:`split_counts`, so per-label proportions are exact; a remainder tie goes to the
+    split furthest behind its share of the labels cut so far (not always to validation).
     """
     rng = np.random.default_rng(seed)
     out = np.zeros(len(labels), np.int8)
@@ -331,9 +338,12 @@ def assign_splits(labels: np.ndarray, groups: Optional[np.ndarray], ratios, seed
         return group_split[inverse.reshape(-1)]
     order = np.argsort(labels, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(labels[order]) != 0])
+    have, seen = np.zeros(len(ratios)), 0
     for rows in np.split(order, starts[1:]):
         rows = rng.permutation(rows)
-        bounds = np.cumsum(split_counts(len(rows), ratios))
+        counts = split_counts(len(rows), ratios, np.array(ratios) * seen - have)
+        have, seen = have + counts, seen + len(rows)
+        bounds = np.cumsum(counts)
         for s, part in enumerate(np.split(rows, bounds[:-1])):
             out[part] = s
     return out

@@ -96,6 +96,19 @@ def test_same_input_same_settings_gives_identical_bytes(tmp_path, tok):
     assert files(a) != files(c)
 
 
+def test_stratified_ties_do_not_favour_validation():
+    # 100 labels of 5 rows: each label's 0.5/0.5 remainder tie between validation and
+    # test must not go to validation every time (which gave 400/100/0, an empty test).
+    labels = np.repeat(np.arange(100), 5)
+    splits = cache.assign_splits(labels, None, (0.8, 0.1, 0.1), seed=0)
+    assert np.bincount(splits, minlength=3).tolist() == [400, 50, 50]
+    for k in range(100):  # each label is still cut by the largest-remainder rule
+        assert sorted(np.bincount(splits[labels == k], minlength=3)) == [0, 1, 4]
+    labels = np.repeat(np.arange(150), 15)  # 12/1.5/1.5 each: was 1800/300/150
+    splits = cache.assign_splits(labels, None, (0.8, 0.1, 0.1), seed=0)
+    assert np.bincount(splits, minlength=3).tolist() == [1800, 225, 225]
+
+
 def test_grouped_split_keeps_groups_whole(tmp_path, tok):
     src = make_csv(tmp_path / "d.csv", n=200, groups=17)
     m = cache.build_cache(src, str(tmp_path / "c"), tokenizer=tok, group_col="book",
