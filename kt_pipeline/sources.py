@@ -416,8 +416,12 @@ def _first_row(path: str, delimiter: str) -> list[str]:
     return []
 
 
-def _first_json_keys(path: str) -> list[str]:
+def _first_json_keys(path: str, wanted: Sequence[str] = (), max_objects: int = 1000) -> list:
+    """Keys of the first JSON objects, in first-seen order: up to `max_objects` of them,
+    or fewer once every `wanted` key is seen (a line may leave a key out)."""
     lines = _DecodedLines(_byte_lines(path))
+    keys: dict = {}
+    objects = 0
     for line in lines:
         if not line.strip() or lines.bad:
             lines.bad.clear()
@@ -427,8 +431,11 @@ def _first_json_keys(path: str) -> list[str]:
         except (ValueError, RecursionError):
             continue
         if isinstance(obj, dict):
-            return list(obj)
-    return []
+            keys.update(dict.fromkeys(obj))
+            objects += 1
+            if objects >= max_objects or all(c in keys for c in wanted):
+                break
+    return list(keys)
 
 
 def check_input(path: str) -> None:
@@ -465,7 +472,7 @@ def open_source(
     wanted = [c for c in (text_col, label_col, group_col, *extra_cols) if c is not None]
     if fmt == "jsonl":
         delimiter, has_header = None, True
-        found = _first_json_keys(path)
+        found = _first_json_keys(path, wanted)
     else:
         if delimiter is None:
             first_line = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")

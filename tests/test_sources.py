@@ -124,6 +124,20 @@ def test_jsonl_rows_and_malformed_lines(tmp_path):
     assert [(r.text, r.label, r.extras) for r in ok] == [("first", "1", ("b",)), ("second", "0", ("",))]
 
 
+def test_jsonl_key_absent_from_the_first_object_is_a_missing_value(tmp_path):
+    # JSON lines have no header: a key the first object leaves out is found in later ones.
+    lines = [{"text": "no label yet"}, {"text": "b", "label": 1},
+             {"text": "c", "label": 0, "book": "x"}]
+    path = write(tmp_path, "k.jsonl", "".join(json.dumps(x) + "\n" for x in lines).encode())
+    src = open_source(path, "text", "label", "book")
+    assert src.columns_found == ["text", "label", "book"]
+    recs, skips = read_all(src)
+    assert skips == {"missing_label": 1, "missing_group": 1}
+    assert [(r.text, r.label, r.group) for r in recs if not r.skip] == [("c", "0", "x")]
+    with pytest.raises(DataError, match="'speaker' not found; columns found: 'text', 'label'"):
+        open_source(path, "text", "speaker")
+
+
 def test_jsonl_too_deeply_nested_line_is_malformed(tmp_path):
     deep = b"[" * 100_000 + b"]" * 100_000
     for first in (b"", b'{"text": "first", "label": 1}\n'):  # the deep line opens the file, or not
