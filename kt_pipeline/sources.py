@@ -475,7 +475,10 @@ def open_source(
         found = _first_json_keys(path, wanted)
     else:
         if delimiter is None:
-            first_line = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+            # the header: the first line that is not blank (blank lines are not rows)
+            lines = head.removeprefix(codecs.BOM_UTF8).split(b"\n")
+            first_line = next((ln for ln in lines if ln.strip()), b"").decode(
+                "utf-8", errors="replace")
             delimiter = detect_delimiter(first_line, fmt)
         elif delimiter in ("\\t", "tab", "TAB"):
             delimiter = "\t"

@@ -46,6 +46,14 @@ def test_tsv_detected_from_content_with_crlf_korean(tmp_path):
     assert [r.label for r in recs] == ["0", "1"] and not skips
 
 
+def test_delimiter_detected_from_the_header_after_blank_lines(tmp_path):
+    data = b"\xef\xbb\xbf\r\n  \r\nid\tdocument\tlabel\r\n1\tgood, fine\t1\r\n"
+    src = open_source(write(tmp_path, "r.txt", data), "document", "label")
+    assert src.delimiter == "\t" and src.columns_found == ["id", "document", "label"]
+    recs, skips = read_all(src)
+    assert [(r.text, r.label) for r in recs] == [("good, fine", "1")] and not skips
+
+
 def test_no_header_by_index_and_overrides(tmp_path):
     path = write(tmp_path, "x.csv", b"good film;1\nbad film;0\n")
     src = open_source(path, "0", "1", delimiter=";")
