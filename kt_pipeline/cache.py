@@ -66,11 +66,11 @@ from kt_pipeline.reader import (
     load_manifest,
 )
 from kt_pipeline.sources import (
-    FIXES,
     SKIP_REASONS,
     Source,
     check_input,
     file_sha256,
+    fix_for,
     open_source,
     skip_error,
 )
@@ -848,7 +848,7 @@ def build_cache(input_path: str, cache_dir: Optional[str] = None, *,
         sha256 = sc.sha256
         labels, keep = select_rows(sc, st.labels, source, st.strict)
         if not len(keep):
-            fixes = "; ".join(f"{r.replace('_', ' ')}: {FIXES[r]}"
+            fixes = "; ".join(f"{r.replace('_', ' ')}: {fix_for(r, source.format)}"
                               for r in SKIP_REASONS if sc.skipped.get(r))
             raise DataError(
                 f"{input_path}: no usable rows ({sc.rows_read} read; skipped: "

@@ -58,6 +58,16 @@ FIXES = {
     "duplicate_text": "delete the repeated row",
 }
 
+# A malformed JSON line is not a quoting problem.
+JSONL_FIXES = {**FIXES, "malformed": "write each line as one JSON object (a line break inside "
+               "a string as \\n), or check --format"}
+
+
+def fix_for(reason: str, fmt: str) -> str:
+    """How to fix a row of format `fmt` skipped for `reason`."""
+    return (JSONL_FIXES if fmt == "jsonl" else FIXES)[reason]
+
+
 FORMATS = ("csv", "tsv", "jsonl")
 _CHUNK = 1 << 20
 _PLAIN_CHUNK = 1 << 17  # small: a block's decoded lines are held at once
@@ -404,7 +414,8 @@ def skip_error(source: Source, rec: Record) -> DataError:
         where += f", column {rec.column!r}"
     return DataError(
         f"{where}: {rec.skip.replace('_', ' ')} ({rec.detail}). Fix: "
-        f"{FIXES[rec.skip]}; or drop --strict to skip such rows (they are counted)."
+        f"{fix_for(rec.skip, source.format)}; "
+        "or drop --strict to skip such rows (they are counted)."
     )
 
 

@@ -132,6 +132,17 @@ def test_jsonl_rows_and_malformed_lines(tmp_path):
     assert [(r.text, r.label, r.extras) for r in ok] == [("first", "1", ("b",)), ("second", "0", ("",))]
 
 
+def test_malformed_fix_fits_the_format(tmp_path):
+    path = write(tmp_path, "m.jsonl", b'{"text": "a", "label": 1}\n{"text": "b", "label"\n')
+    src = open_source(path, "text", "label")
+    msg = str(skip_error(src, [r for r in src.records() if r.skip][0]))
+    assert "m.jsonl line 2" in msg and "JSON object" in msg and "quote fields" not in msg
+    path = write(tmp_path, "m.csv", b"text,label\na,1,extra\n")
+    src = open_source(path, "text", "label")
+    msg = str(skip_error(src, next(src.records())))
+    assert "m.csv line 2" in msg and "quote fields" in msg
+
+
 def test_jsonl_key_absent_from_the_first_object_is_a_missing_value(tmp_path):
     # JSON lines have no header: a key the first object leaves out is found in later ones.
     lines = [{"text": "no label yet"}, {"text": "b", "label": 1},
