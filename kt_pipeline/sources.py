@@ -362,8 +362,9 @@ class Source:
             index += 1
             if bad:
                 rec.skip, rec.detail = "undecodable", f"line {bad[0]}: {bad[1]}"
-            elif err is not None:
-                rec.skip, rec.detail = "malformed", f"lines {first}-{last}: {err}"
+            elif err is not None:  # csv's message, with a TAB delimiter written as \t
+                span = f"line {first}" if first == last else f"lines {first}-{last}"
+                rec.skip, rec.detail = "malformed", f"{span}: {err}".replace("\t", "\\t")
             elif len(fields) != n_names:
                 span = f"line {first}" if first == last else f"lines {first}-{last}"
                 rec.skip = "malformed"
@@ -508,7 +509,7 @@ def open_source(
         hint = (
             "; if the file has no header row, pass --no-header and name columns by "
             "0-based index"
-            if fmt != "jsonl"
+            if fmt != "jsonl" and has_header
             else ""
         )
         shown = ", ".join(repr(c) for c in found) or "(none: is the file empty?)"

@@ -46,6 +46,20 @@ def test_tsv_detected_from_content_with_crlf_korean(tmp_path):
     assert [r.label for r in recs] == ["0", "1"] and not skips
 
 
+def test_no_header_index_out_of_range_error_does_not_say_pass_no_header(tmp_path):
+    path = write(tmp_path, "n.csv", b"a,1\nb,0\n")
+    with pytest.raises(DataError) as e:
+        open_source(path, "0", "3", header=False)
+    assert "'3' not found; columns found: '0', '1'" in str(e.value)
+    assert "pass --no-header" not in str(e.value)
+
+
+def test_csv_error_on_one_line_names_that_line(tmp_path):
+    path = write(tmp_path, "q.tsv", b'text\tlabel\nok\t1\n"bad" quote\t0\n')
+    bad = [r for r in open_source(path, "text", "label").records() if r.skip]
+    assert bad[0].detail.startswith("line 3: ") and "\t" not in bad[0].detail
+
+
 def test_delimiter_detected_from_the_header_after_blank_lines(tmp_path):
     data = b"\xef\xbb\xbf\r\n  \r\nid\tdocument\tlabel\r\n1\tgood, fine\t1\r\n"
     src = open_source(write(tmp_path, "r.txt", data), "document", "label")
