@@ -485,6 +485,12 @@ def open_source(
     if fmt == "jsonl":
         delimiter, has_header = None, True
         found = _first_json_keys(path, wanted)
+        if not found and head.strip(codecs.BOM_UTF8 + b" \t\r\n"):
+            raise DataError(
+                f"{path}: no line is a JSON object, so no columns were found. JSONL holds one "
+                "JSON object per line (a JSON array, or an object spread over several lines, "
+                "must be rewritten that way); or pass --format csv/tsv if the file is not JSON"
+            )
     else:
         if delimiter is None:
             # the header: the first line that is not blank (blank lines are not rows)

@@ -171,6 +171,16 @@ def test_jsonl_key_absent_from_the_first_object_is_a_missing_value(tmp_path):
         open_source(path, "text", "speaker")
 
 
+def test_json_array_file_error_says_one_object_per_line(tmp_path):
+    data = b'[{"text": "a", "label": 1},\n {"text": "b", "label": 0},\n {"text": "c"}]\n'
+    with pytest.raises(DataError) as e:
+        open_source(write(tmp_path, "d.json", data), "text", "label")
+    assert "d.json" in str(e.value) and "one JSON object per line" in str(e.value)
+    assert "empty" not in str(e.value)
+    with pytest.raises(DataError, match="empty"):
+        open_source(write(tmp_path, "e.jsonl", b""), "text", "label")
+
+
 def test_jsonl_too_deeply_nested_line_is_malformed(tmp_path):
     deep = b"[" * 100_000 + b"]" * 100_000
     for first in (b"", b'{"text": "first", "label": 1}\n'):  # the deep line opens the file, or not
