@@ -480,6 +480,11 @@ def open_source(
     if format is not None and format not in FORMATS:
         raise DataError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
     head = _first_bytes(path)
+    if b"\n" not in head and b"\r" in head.rstrip(b"\r"):
+        raise DataError(
+            f"{path}: lines end with CR alone (old Mac line endings), which reads as one "
+            "line; re-save the file with LF or CRLF line endings"
+        )
     fmt = format or detect_format(path, head)
     wanted = [c for c in (text_col, label_col, group_col, *extra_cols) if c is not None]
     if fmt == "jsonl":

@@ -68,6 +68,13 @@ def test_delimiter_detected_from_the_header_after_blank_lines(tmp_path):
     assert [(r.text, r.label) for r in recs] == [("good, fine", "1")] and not skips
 
 
+def test_cr_only_line_endings_are_named(tmp_path):
+    # Old Mac / "CSV (Macintosh)" files end lines with CR alone: one line to an LF reader.
+    path = write(tmp_path, "mac.csv", b"text,label\rgood film,1\rbad film,0\r")
+    with pytest.raises(DataError, match=r"mac.csv: .*CR .*re-save"):
+        open_source(path, "text", "label")
+
+
 def test_no_header_by_index_and_overrides(tmp_path):
     path = write(tmp_path, "x.csv", b"good film;1\nbad film;0\n")
     src = open_source(path, "0", "1", delimiter=";")
