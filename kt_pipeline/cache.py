@@ -790,8 +790,12 @@ def differences(manifest: dict, settings: CacheSettings, sha256: str, fingerprin
         diffs.append("the tokenizer differs (other --preset / vocabulary)")
     old = manifest.get("settings") or {}
     for k, v in settings.to_dict().items():
-        if old.get(k) != v:
+        # strict shapes no cache: a strict build that succeeds equals the plain one
+        if k != "strict" and old.get(k) != v:
             diffs.append(f"{k}: {old.get(k)!r} -> {v!r}")
+    skipped = sum((manifest.get("counts") or {}).get("skipped", {}).values())
+    if settings.strict and skipped:
+        diffs.append(f"--strict, and the cache skipped {skipped:,} row(s)")
     return diffs
 
 

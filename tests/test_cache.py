@@ -526,3 +526,22 @@ def _token_ids(cache_dir, split):
     for f, _ in ds:
         for row, mask in zip(f["token_ids"].numpy(), f["padding_mask"].numpy()):
             yield row[mask.astype(bool)].tolist()
+
+
+def test_strict_alone_does_not_make_a_cache_stale(tmp_path, tok):
+    # A strict build that succeeds equals the plain build; a plain one with no skips too.
+    src = make_csv(tmp_path / "d.csv", n=30)
+    out = str(tmp_path / "c")
+    first = cache.ensure_cache(src, out, tokenizer=tok, strict=True, progress=False)
+    again = cache.ensure_cache(src, out, tokenizer=tok, rebuild=False, progress=False)
+    assert again["reused"] and again["build_id"] == first["build_id"]
+    assert cache.ensure_cache(src, out, tokenizer=tok, strict=True, rebuild=False,
+                              progress=False)["reused"]
+    # ... but --strict must not reuse a cache that skipped rows: that is its error.
+    pathlib.Path(src).write_text(pathlib.Path(src).read_text() + "99,,neg\n")
+    assert cache.ensure_cache(src, out, tokenizer=tok, progress=False)["counts"]["skipped"][
+        "empty_text"] == 1
+    with pytest.raises(reader.CacheError, match="strict"):
+        cache.ensure_cache(src, out, tokenizer=tok, strict=True, rebuild=False, progress=False)
+    with pytest.raises(DataError, match="line 32, column 'text': empty text"):
+        cache.ensure_cache(src, out, tokenizer=tok, strict=True, progress=False)
