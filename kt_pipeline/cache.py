@@ -71,6 +71,7 @@ from kt_pipeline.sources import (
     check_input,
     file_sha256,
     fix_for,
+    normalize_delimiter,
     open_source,
     skip_error,
 )
@@ -789,9 +790,16 @@ def differences(manifest: dict, settings: CacheSettings, sha256: str, fingerprin
     if manifest.get("tokenizer") != fingerprint:
         diffs.append("the tokenizer differs (other --preset / vocabulary)")
     old = manifest.get("settings") or {}
+    # None (detect) and the value detected for this very file are the same setting
+    detected = {k: (manifest.get("source") or {}).get(k) for k in ("format", "delimiter", "header")}
+
+    def effective(k, v):
+        v = normalize_delimiter(v) if k == "delimiter" else v
+        return detected[k] if v is None and k in detected else v
+
     for k, v in settings.to_dict().items():
         # strict shapes no cache: a strict build that succeeds equals the plain one
-        if k != "strict" and old.get(k) != v:
+        if k != "strict" and effective(k, old.get(k)) != effective(k, v):
             diffs.append(f"{k}: {old.get(k)!r} -> {v!r}")
     skipped = sum((manifest.get("counts") or {}).get("skipped", {}).values())
     if settings.strict and skipped:

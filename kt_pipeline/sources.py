@@ -450,6 +450,11 @@ def _first_json_keys(path: str, wanted: Sequence[str] = (), max_objects: int = 1
     return list(keys)
 
 
+def normalize_delimiter(delimiter: Optional[str]) -> Optional[str]:
+    """``tab`` (or ``TAB``, or backslash-t as typed in a shell) means TAB."""
+    return "\t" if delimiter in ("\\t", "tab", "TAB") else delimiter
+
+
 def check_input(path: str) -> None:
     """Raise :class:`DataError` unless `path` is an existing file."""
     gf = _gfile()
@@ -503,8 +508,8 @@ def open_source(
             first_line = next((ln for ln in lines if ln.strip()), b"").decode(
                 "utf-8", errors="replace")
             delimiter = detect_delimiter(first_line, fmt)
-        elif delimiter in ("\\t", "tab", "TAB"):
-            delimiter = "\t"
+        else:
+            delimiter = normalize_delimiter(delimiter)
         if len(delimiter) != 1:
             raise DataError(f"--delimiter {delimiter!r}: expected one character (or 'tab')")
         row = [f.strip() for f in _first_row(path, delimiter)]

@@ -545,3 +545,18 @@ def test_strict_alone_does_not_make_a_cache_stale(tmp_path, tok):
         cache.ensure_cache(src, out, tokenizer=tok, strict=True, rebuild=False, progress=False)
     with pytest.raises(DataError, match="line 32, column 'text': empty text"):
         cache.ensure_cache(src, out, tokenizer=tok, strict=True, progress=False)
+
+
+def test_detected_format_delimiter_header_given_explicitly_reuse_the_cache(tmp_path, tok):
+    src = tmp_path / "d.txt"
+    src.write_text("text\tlabel\n" + "".join(f"row {i}\t{i % 2}\n" for i in range(30)))
+    out = str(tmp_path / "c")
+    first = cache.ensure_cache(str(src), out, tokenizer=tok, progress=False)
+    for same in (dict(format="csv"), dict(delimiter="tab"), dict(delimiter="\t"),
+                 dict(header=True), dict(format="csv", delimiter="\t", header=True)):
+        again = cache.ensure_cache(str(src), out, tokenizer=tok, rebuild=False,
+                                   progress=False, **same)
+        assert again["build_id"] == first["build_id"], same
+    with pytest.raises(reader.CacheError, match="delimiter"):
+        cache.ensure_cache(str(src), out, tokenizer=tok, delimiter=";", rebuild=False,
+                           progress=False)
