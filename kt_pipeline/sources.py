@@ -455,6 +455,22 @@ def normalize_delimiter(delimiter: Optional[str]) -> Optional[str]:
     return "\t" if delimiter in ("\\t", "tab", "TAB") else delimiter
 
 
+# Files that are not text at all, by their first bytes: (magic, what it is, the fix).
+_NOT_TEXT = (
+    ((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE), "UTF-16 text (Excel's 'Unicode Text' "
+     "saves this)", "re-save it as UTF-8 (e.g. Excel's 'CSV UTF-8')"),
+    ((b"\x1f\x8b",), "gzip-compressed", "decompress it first (gunzip)"),
+    ((b"PK\x03\x04",), "a ZIP archive (an .xlsx workbook?)",
+     "unzip it, or export the sheet as CSV UTF-8"),
+)
+
+
+def _check_not_binary(path: str, head: bytes) -> None:
+    for magics, what, fix in _NOT_TEXT:
+        if head.startswith(magics):
+            raise DataError(f"{path}: the file is {what}, not UTF-8 CSV/TSV/JSONL; {fix}")
+
+
 def check_input(path: str) -> None:
     """Raise :class:`DataError` unless `path` is an existing file."""
     gf = _gfile()
@@ -485,6 +501,7 @@ def open_source(
     if format is not None and format not in FORMATS:
         raise DataError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
     head = _first_bytes(path)
+    _check_not_binary(path, head)
     if b"\n" not in head and b"\r" in head.rstrip(b"\r"):
         raise DataError(
             f"{path}: lines end with CR alone (old Mac line endings), which reads as one "

@@ -68,6 +68,22 @@ def test_delimiter_detected_from_the_header_after_blank_lines(tmp_path):
     assert [(r.text, r.label) for r in recs] == [("good, fine", "1")] and not skips
 
 
+def test_utf16_gzip_and_xlsx_inputs_are_named(tmp_path):
+    import gzip
+    import zipfile
+
+    utf16 = "text\tlabel\r\n좋아요\t1\r\n".encode("utf-16")  # Excel's "Unicode Text"
+    with pytest.raises(DataError, match=r"u.txt: .*UTF-16.*re-save it as UTF-8"):
+        open_source(write(tmp_path, "u.txt", utf16), "text", "label")
+    gz = gzip.compress(b"text,label\na,1\n")
+    with pytest.raises(DataError, match=r"g.csv.gz: .*gzip.*decompress"):
+        open_source(write(tmp_path, "g.csv.gz", gz), "text", "label")
+    with zipfile.ZipFile(tmp_path / "w.xlsx", "w") as z:
+        z.writestr("xl/workbook.xml", "<workbook/>")
+    with pytest.raises(DataError, match=r"w.xlsx: .*ZIP.*CSV"):
+        open_source(str(tmp_path / "w.xlsx"), "text", "label")
+
+
 def test_cr_only_line_endings_are_named(tmp_path):
     # Old Mac / "CSV (Macintosh)" files end lines with CR alone: one line to an LF reader.
     path = write(tmp_path, "mac.csv", b"text,label\rgood film,1\rbad film,0\r")
