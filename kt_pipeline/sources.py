@@ -166,6 +166,7 @@ class _DecodedLines:
         self._it = byte_lines
         self.num = 0
         self.bad: dict[int, str] = {}
+        self.last = ""  # the line returned last
 
     def __iter__(self):
         return self
@@ -183,6 +184,7 @@ class _DecodedLines:
         if "\r" in s:  # a stray CR inside a line would end a CSV row: read it as a space
             end = "\r\n" if s.endswith("\r\n") else ("\r" if s.endswith("\r") else "")
             s = s[: len(s) - len(end)].replace("\r", " ") + end
+        self.last = s
         return s
 
     def bad_in(self, first: int, last: int) -> Optional[tuple[int, str]]:
@@ -327,8 +329,9 @@ class Source:
         """Rows parsed by ``csv`` from `byte_lines` (line numbers start after `offset`)."""
         lines = _DecodedLines(byte_lines)
         lines.num = offset
-        # strict: text after a closing quote, or a quote still open at the end of the file,
-        # is an error (a malformed row), not text that swallows the rows that follow
+        # strict: a quoted field that runs on over lines and then breaks (text after its
+        # closing quote, or still open at the end of the file) is a malformed row, not one
+        # text that swallows the rows it ran over
         reader = csv.reader(lines, delimiter=self.delimiter, quotechar='"', doublequote=True,
                             strict=True)
         prev = offset
@@ -342,6 +345,11 @@ class Source:
                 fields, err = None, str(e)
             first, last = prev + 1, offset + reader.line_num
             prev = last
+            if err is not None and first == last:  # a quote slip within one line, e.g.
+                try:  # '"hi" there': read the line as lenient csv does ('hi there')
+                    fields, err = next(csv.reader([lines.last], delimiter=self.delimiter)), None
+                except (csv.Error, StopIteration):
+                    pass
             yield fields, err, first, last, lines.bad_in(first, last)
 
     def _delimited_records(self, counter=None, on_chunk=None) -> Iterator[Record]:
