@@ -125,6 +125,9 @@ class CacheSettings:
             raise ConfigError(f"--task {self.task!r}: expected one of {', '.join(TASKS)}")
         if self.task == "classification" and not self.label_col:
             raise ConfigError("--task classification needs a label column (--label-col)")
+        if self.labels is not None and not self.label_col:
+            raise ConfigError("--labels needs a label column (--label-col): without one, "
+                              "every row would get the first label")
         if self.task == "clustering" and not self.group_col:
             raise ConfigError(
                 "--task clustering needs --group-col (splits are grouped by it, e.g. book)"

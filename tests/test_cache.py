@@ -470,6 +470,13 @@ def test_every_record_holds_the_keras_hub_ids_of_its_text(tmp_path, tok, model_t
         assert m["labels"][label] == "ab"[i % 2] and note == f"n{i % 5}"
 
 
+def test_labels_without_a_label_column_is_a_config_error():
+    # It built a cache whose manifest listed the labels and gave every row the first.
+    with pytest.raises(ConfigError, match="--labels.*--label-col"):
+        cache.CacheSettings(task="clustering", label_col=None, group_col="book",
+                            labels=("a", "b"))
+
+
 def test_bad_seed_or_nan_ratios_are_config_errors_not_tracebacks(tmp_path, tiny_preset, capsys):
     with pytest.raises(ConfigError, match="seed"):
         cache.CacheSettings(seed=-1)
