@@ -10,7 +10,8 @@ Two streaming passes keep memory flat as the input grows:
 1. parse every row (:mod:`kt_pipeline.sources`), count skips by reason, and keep only
    compact per-row numpy metadata (row ordinal, line, label index, group id, a 64-bit
    text hash), and copy the candidate rows to a local temp :class:`Spill`. Then choose
-   the label set, drop rows outside it, drop exact duplicate texts, and assign splits
+   the label set, drop rows outside it, drop duplicate texts (equal once whitespace
+   runs and ends are ignored, as the tokenizer does), and assign splits
    (stratified by label, or grouped) and shards;
 2. stream the spill back through ``tf.data`` (tokenising at ``max_length``, via
    :mod:`kt_pipeline.fast_wordpiece` when it applies, dropping the rows not kept,
@@ -64,7 +65,16 @@ from kt_pipeline.reader import (
     CacheError,
     load_manifest,
 )
-from kt_pipeline.sources import SKIP_REASONS, Source, file_sha256, open_source, skip_error
+from kt_pipeline.sources import (
+    SKIP_REASONS,
+    Source,
+    check_input,
+    file_sha256,
+    fix_for,
+    normalize_delimiter,
+    open_source,
+    skip_error,
+)
 
 __all__ = [
     "CacheError",
@@ -115,16 +125,22 @@ class CacheSettings:
             raise ConfigError(f"--task {self.task!r}: expected one of {', '.join(TASKS)}")
         if self.task == "classification" and not self.label_col:
             raise ConfigError("--task classification needs a label column (--label-col)")
+        if self.labels is not None and not self.label_col:
+            raise ConfigError("--labels needs a label column (--label-col): without one, "
+                              "every row would get the first label")
         if self.task == "clustering" and not self.group_col:
             raise ConfigError(
                 "--task clustering needs --group-col (splits are grouped by it, e.g. book)"
             )
         r = self.ratios
-        if len(r) != 3 or min(r) < 0 or abs(sum(r) - 1.0) > 1e-6 or r[0] <= 0:
+        if (len(r) != 3 or not all(map(math.isfinite, r)) or min(r) < 0
+                or abs(sum(r) - 1.0) > 1e-6 or r[0] <= 0):
             raise ConfigError(
                 f"--ratios {','.join(map(str, r))}: expected three non-negative numbers "
                 "(train,validation,test) that sum to 1 with train > 0, e.g. 0.8,0.1,0.1"
             )
+        if int(self.seed) < 0:
+            raise ConfigError(f"--seed {self.seed}: expected a non-negative integer")
         if not 2 <= int(self.max_length) <= 100_000:
             raise ConfigError(f"--max-length {self.max_length}: expected an integer >= 2")
         if self.labels is not None and (not self.labels or len(set(self.labels)) != len(self.labels)):
@@ -207,7 +223,10 @@ def scan(source: Source, strict: bool = False, progress: bool = True,
             line(rec.line)
             label(_intern(labels, rec.label))
             group(_intern(groups, rec.group))
-            hashes(from_bytes(blake(text, digest_size=8).digest(), "little"))
+            # whitespace runs and ends do not change the token ids: hash the text without them
+            t = rec.text.strip()
+            key = (t if t.isprintable() and "  " not in t else " ".join(t.split())).encode()
+            hashes(from_bytes(blake(key, digest_size=8).digest(), "little"))
             if write is not None:
                 write(text, rec.group, rec.extras)
     arrays = {k: np.frombuffer(v, dtype=v.typecode).copy() if len(v) else np.zeros(0, v.typecode)
@@ -283,11 +302,17 @@ def select_rows(sc: Scan, declared: Optional[Sequence[str]], source: Source,
 # -- splitting -----------------------------------------------------------------------
 
 
-def split_counts(n: int, ratios: Sequence[float]) -> list:
-    """Largest-remainder split of `n` items by `ratios` (exact, deterministic)."""
+def split_counts(n: int, ratios: Sequence[float],
+                 behind: Optional[Sequence[float]] = None) -> list:
+    """Largest-remainder split of `n` items by `ratios` (exact, deterministic).
+
+    Equal remainders go first to the part most `behind` its target (default: the first).
+    """
     exact = [n * r for r in ratios]
     base = [int(math.floor(e + 1e-9)) for e in exact]
-    order = sorted(range(len(ratios)), key=lambda i: (-(exact[i] - base[i]), i))
+    behind = behind if behind is not None else [0.0] * len(ratios)
+    order = sorted(range(len(ratios)),
+                   key=lambda i: (-round(exact[i] - base[i], 9), -behind[i], i))
     for i in order[: n - sum(base)]:
         base[i] += 1
     return base
@@ -299,7 +324,8 @@ def assign_splits(labels: np.ndarray, groups: Optional[np.ndarray], ratios, seed
     With ``groups``: whole groups go to the split furthest below its target share
     (relative), in a seeded order, so no group spans two splits. Otherwise rows are
     stratified by ``labels``: each label's rows are shuffled and cut by
-    :func:`split_counts`, so per-label proportions are exact.
+    :func:`split_counts`, so per-label proportions are exact; a remainder tie goes to the
+    split furthest behind its share of the labels cut so far (not always to validation).
     """
     rng = np.random.default_rng(seed)
     out = np.zeros(len(labels), np.int8)
@@ -316,9 +342,12 @@ def assign_splits(labels: np.ndarray, groups: Optional[np.ndarray], ratios, seed
         return group_split[inverse.reshape(-1)]
     order = np.argsort(labels, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(labels[order]) != 0])
+    have, seen = np.zeros(len(ratios)), 0
     for rows in np.split(order, starts[1:]):
         rows = rng.permutation(rows)
-        bounds = np.cumsum(split_counts(len(rows), ratios))
+        counts = split_counts(len(rows), ratios, np.array(ratios) * seen - have)
+        have, seen = have + counts, seen + len(rows)
+        bounds = np.cumsum(counts)
         for s, part in enumerate(np.split(rows, bounds[:-1])):
             out[part] = s
     return out
@@ -764,10 +793,36 @@ def differences(manifest: dict, settings: CacheSettings, sha256: str, fingerprin
     if manifest.get("tokenizer") != fingerprint:
         diffs.append("the tokenizer differs (other --preset / vocabulary)")
     old = manifest.get("settings") or {}
+    # None (detect) and the value detected for this very file are the same setting
+    detected = {k: (manifest.get("source") or {}).get(k) for k in ("format", "delimiter", "header")}
+
+    def effective(k, v):
+        v = normalize_delimiter(v) if k == "delimiter" else v
+        return detected[k] if v is None and k in detected else v
+
     for k, v in settings.to_dict().items():
-        if old.get(k) != v:
+        # strict shapes no cache: a strict build that succeeds equals the plain one
+        if k != "strict" and effective(k, old.get(k)) != effective(k, v):
             diffs.append(f"{k}: {old.get(k)!r} -> {v!r}")
+    skipped = sum((manifest.get("counts") or {}).get("skipped", {}).values())
+    if settings.strict and skipped:
+        diffs.append(f"--strict, and the cache skipped {skipped:,} row(s)")
     return diffs
+
+
+def _make_cache_dir(cache_dir: str) -> None:
+    """Create `cache_dir` (before any work), or say why it cannot be the cache."""
+    import tensorflow as tf
+
+    gf = _gfile()
+    if gf.exists(cache_dir) and not gf.isdir(cache_dir):
+        raise DataError(f"--output {cache_dir} is a file; the cache is a directory: pass "
+                        "a directory path (default: tfrecords/<input stem>)")
+    try:
+        gf.makedirs(cache_dir)
+    except tf.errors.OpError as e:
+        raise DataError(f"--output {cache_dir}: cannot create the cache directory "
+                        f"({e.message}); pass a writable directory path") from None
 
 
 def _resolve(settings, kwargs) -> CacheSettings:
@@ -795,6 +850,7 @@ def build_cache(input_path: str, cache_dir: Optional[str] = None, *,
     cache_dir = (cache_dir or default_cache_dir(input_path)).rstrip("/")
     source = open_source(input_path, st.text_col, st.label_col, st.group_col, st.extra_cols,
                          st.format, st.delimiter, st.header)
+    _make_cache_dir(cache_dir)
     tokenizer, preset = _tokenizer(tokenizer, preset)
     encode_ids = ids_encoder(tokenizer, st.max_length)
 
@@ -807,16 +863,19 @@ def build_cache(input_path: str, cache_dir: Optional[str] = None, *,
         sha256 = sc.sha256
         labels, keep = select_rows(sc, st.labels, source, st.strict)
         if not len(keep):
+            fixes = "; ".join(f"{r.replace('_', ' ')}: {fix_for(r, source.format)}"
+                              for r in SKIP_REASONS if sc.skipped.get(r))
             raise DataError(
                 f"{input_path}: no usable rows ({sc.rows_read} read; skipped: "
-                f"{_fmt_skips(sc.skipped) or 'none'}). Check --text-col/--label-col/--labels"
+                f"{_fmt_skips(sc.skipped) or 'none'}). "
+                + (f"Fix: {fixes}; or check --text-col/--label-col/--labels" if fixes else
+                   "The file has no data rows (only a header or blank lines?)")
             )
         grouped = st.group_col is not None
         splits = assign_splits(sc.label[keep], sc.group[keep] if grouped else None, st.ratios, st.seed)
         shards, nshards = assign_shards(splits, st.seed)
 
         build_id = _new_build_id()
-        _gfile().makedirs(cache_dir)
         shard_list = write_shards(spill, encode_ids, sc, keep, splits, shards, nshards,
                                   posixpath.join(cache_dir, f"data-{build_id}"),
                                   st.extra_cols, progress)
@@ -864,8 +923,7 @@ def ensure_cache(input_path: str, cache_dir: Optional[str] = None, *,
     """
     st = _resolve(settings, kwargs)
     cache_dir = (cache_dir or default_cache_dir(input_path)).rstrip("/")
-    if not _gfile().exists(input_path):
-        raise DataError(f"input file not found: {input_path}")
+    check_input(input_path)
     tokenizer, preset = _tokenizer(tokenizer, preset)
     sha256 = file_sha256(input_path)
     if not force:

@@ -38,12 +38,12 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 # Why a row was skipped; the order is the order checks run (and summaries print).
 SKIP_REASONS = (
     "undecodable",  # bytes that are not UTF-8
-    "malformed",  # wrong field count, invalid JSON, not a JSON object
+    "malformed",  # wrong field count, broken quoting, invalid JSON, not a JSON object
     "empty_text",  # text missing, empty or whitespace-only
     "missing_label",  # label column empty / missing
     "missing_group",  # group column empty / missing (when a group column is set)
     "label_not_in_set",  # label outside --labels or the inferred set (see cache.py)
-    "duplicate_text",  # exact duplicate of an earlier row's text (see cache.py)
+    "duplicate_text",  # an earlier row's text, up to whitespace (see cache.py)
 )
 
 # How to fix a row skipped for each reason (used in --strict errors).
@@ -57,6 +57,16 @@ FIXES = {
     "label_not_in_set": "fix the label, or list it in --labels",
     "duplicate_text": "delete the repeated row",
 }
+
+# A malformed JSON line is not a quoting problem.
+JSONL_FIXES = {**FIXES, "malformed": "write each line as one JSON object (a line break inside "
+               "a string as \\n), or check --format"}
+
+
+def fix_for(reason: str, fmt: str) -> str:
+    """How to fix a row of format `fmt` skipped for `reason`."""
+    return (JSONL_FIXES if fmt == "jsonl" else FIXES)[reason]
+
 
 FORMATS = ("csv", "tsv", "jsonl")
 _CHUNK = 1 << 20
@@ -156,6 +166,7 @@ class _DecodedLines:
         self._it = byte_lines
         self.num = 0
         self.bad: dict[int, str] = {}
+        self.last = ""  # the line returned last
 
     def __iter__(self):
         return self
@@ -173,6 +184,7 @@ class _DecodedLines:
         if "\r" in s:  # a stray CR inside a line would end a CSV row: read it as a space
             end = "\r\n" if s.endswith("\r\n") else ("\r" if s.endswith("\r") else "")
             s = s[: len(s) - len(end)].replace("\r", " ") + end
+        self.last = s
         return s
 
     def bad_in(self, first: int, last: int) -> Optional[tuple[int, str]]:
@@ -317,7 +329,11 @@ class Source:
         """Rows parsed by ``csv`` from `byte_lines` (line numbers start after `offset`)."""
         lines = _DecodedLines(byte_lines)
         lines.num = offset
-        reader = csv.reader(lines, delimiter=self.delimiter, quotechar='"', doublequote=True)
+        # strict: a quoted field that runs on over lines and then breaks (text after its
+        # closing quote, or still open at the end of the file) is a malformed row, not one
+        # text that swallows the rows it ran over
+        reader = csv.reader(lines, delimiter=self.delimiter, quotechar='"', doublequote=True,
+                            strict=True)
         prev = offset
         while True:
             try:
@@ -329,6 +345,11 @@ class Source:
                 fields, err = None, str(e)
             first, last = prev + 1, offset + reader.line_num
             prev = last
+            if err is not None and first == last:  # a quote slip within one line, e.g.
+                try:  # '"hi" there': read the line as lenient csv does ('hi there')
+                    fields, err = next(csv.reader([lines.last], delimiter=self.delimiter)), None
+                except (csv.Error, StopIteration):
+                    pass
             yield fields, err, first, last, lines.bad_in(first, last)
 
     def _delimited_records(self, counter=None, on_chunk=None) -> Iterator[Record]:
@@ -349,8 +370,9 @@ class Source:
             index += 1
             if bad:
                 rec.skip, rec.detail = "undecodable", f"line {bad[0]}: {bad[1]}"
-            elif err is not None:
-                rec.skip, rec.detail = "malformed", f"lines {first}-{last}: {err}"
+            elif err is not None:  # csv's message, with a TAB delimiter written as \t
+                span = f"line {first}" if first == last else f"lines {first}-{last}"
+                rec.skip, rec.detail = "malformed", f"{span}: {err}".replace("\t", "\\t")
             elif len(fields) != n_names:
                 span = f"line {first}" if first == last else f"lines {first}-{last}"
                 rec.skip = "malformed"
@@ -380,7 +402,7 @@ class Source:
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
                 obj, err = None, f"invalid JSON: {e}"
             else:
                 err = None if isinstance(obj, dict) else "not a JSON object"
@@ -401,7 +423,8 @@ def skip_error(source: Source, rec: Record) -> DataError:
         where += f", column {rec.column!r}"
     return DataError(
         f"{where}: {rec.skip.replace('_', ' ')} ({rec.detail}). Fix: "
-        f"{FIXES[rec.skip]}; or drop --strict to skip such rows (they are counted)."
+        f"{fix_for(rec.skip, source.format)}; "
+        "or drop --strict to skip such rows (they are counted)."
     )
 
 
@@ -413,19 +436,56 @@ def _first_row(path: str, delimiter: str) -> list[str]:
     return []
 
 
-def _first_json_keys(path: str) -> list[str]:
+def _first_json_keys(path: str, wanted: Sequence[str] = (), max_objects: int = 1000) -> list:
+    """Keys of the first JSON objects, in first-seen order: up to `max_objects` of them,
+    or fewer once every `wanted` key is seen (a line may leave a key out)."""
     lines = _DecodedLines(_byte_lines(path))
+    keys: dict = {}
+    objects = 0
     for line in lines:
         if not line.strip() or lines.bad:
             lines.bad.clear()
             continue
         try:
             obj = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(obj, dict):
-            return list(obj)
-    return []
+            keys.update(dict.fromkeys(obj))
+            objects += 1
+            if objects >= max_objects or all(c in keys for c in wanted):
+                break
+    return list(keys)
+
+
+def normalize_delimiter(delimiter: Optional[str]) -> Optional[str]:
+    """``tab`` (or ``TAB``, or backslash-t as typed in a shell) means TAB."""
+    return "\t" if delimiter in ("\\t", "tab", "TAB") else delimiter
+
+
+# Files that are not text at all, by their first bytes: (magic, what it is, the fix).
+_NOT_TEXT = (
+    ((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE), "UTF-16 text (Excel's 'Unicode Text' "
+     "saves this)", "re-save it as UTF-8 (e.g. Excel's 'CSV UTF-8')"),
+    ((b"\x1f\x8b",), "gzip-compressed", "decompress it first (gunzip)"),
+    ((b"PK\x03\x04",), "a ZIP archive (an .xlsx workbook?)",
+     "unzip it, or export the sheet as CSV UTF-8"),
+)
+
+
+def _check_not_binary(path: str, head: bytes) -> None:
+    for magics, what, fix in _NOT_TEXT:
+        if head.startswith(magics):
+            raise DataError(f"{path}: the file is {what}, not UTF-8 CSV/TSV/JSONL; {fix}")
+
+
+def check_input(path: str) -> None:
+    """Raise :class:`DataError` unless `path` is an existing file."""
+    gf = _gfile()
+    if not gf.exists(path):
+        raise DataError(f"input file not found: {path}")
+    if gf.isdir(path):
+        raise DataError(f"input is a directory, expected a file: {path}")
 
 
 def open_source(
@@ -445,25 +505,36 @@ def open_source(
     header. Raises :class:`DataError` for a missing file or column (listing the
     columns found).
     """
-    gf = _gfile()
-    if not gf.exists(path):
-        raise DataError(f"input file not found: {path}")
-    if gf.isdir(path):
-        raise DataError(f"input is a directory, expected a file: {path}")
+    check_input(path)
     if format is not None and format not in FORMATS:
         raise DataError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
     head = _first_bytes(path)
+    _check_not_binary(path, head)
+    if b"\n" not in head and b"\r" in head.rstrip(b"\r"):
+        raise DataError(
+            f"{path}: lines end with CR alone (old Mac line endings), which reads as one "
+            "line; re-save the file with LF or CRLF line endings"
+        )
     fmt = format or detect_format(path, head)
     wanted = [c for c in (text_col, label_col, group_col, *extra_cols) if c is not None]
     if fmt == "jsonl":
         delimiter, has_header = None, True
-        found = _first_json_keys(path)
+        found = _first_json_keys(path, wanted)
+        if not found and head.strip(codecs.BOM_UTF8 + b" \t\r\n"):
+            raise DataError(
+                f"{path}: no line is a JSON object, so no columns were found. JSONL holds one "
+                "JSON object per line (a JSON array, or an object spread over several lines, "
+                "must be rewritten that way); or pass --format csv/tsv if the file is not JSON"
+            )
     else:
         if delimiter is None:
-            first_line = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+            # the header: the first line that is not blank (blank lines are not rows)
+            lines = head.removeprefix(codecs.BOM_UTF8).split(b"\n")
+            first_line = next((ln for ln in lines if ln.strip()), b"").decode(
+                "utf-8", errors="replace")
             delimiter = detect_delimiter(first_line, fmt)
-        elif delimiter in ("\\t", "tab", "TAB"):
-            delimiter = "\t"
+        else:
+            delimiter = normalize_delimiter(delimiter)
         if len(delimiter) != 1:
             raise DataError(f"--delimiter {delimiter!r}: expected one character (or 'tab')")
         row = [f.strip() for f in _first_row(path, delimiter)]
@@ -479,7 +550,7 @@ def open_source(
         hint = (
             "; if the file has no header row, pass --no-header and name columns by "
             "0-based index"
-            if fmt != "jsonl"
+            if fmt != "jsonl" and has_header
             else ""
         )
         shown = ", ".join(repr(c) for c in found) or "(none: is the file empty?)"

@@ -96,6 +96,19 @@ def test_same_input_same_settings_gives_identical_bytes(tmp_path, tok):
     assert files(a) != files(c)
 
 
+def test_stratified_ties_do_not_favour_validation():
+    # 100 labels of 5 rows: each label's 0.5/0.5 remainder tie between validation and
+    # test must not go to validation every time (which gave 400/100/0, an empty test).
+    labels = np.repeat(np.arange(100), 5)
+    splits = cache.assign_splits(labels, None, (0.8, 0.1, 0.1), seed=0)
+    assert np.bincount(splits, minlength=3).tolist() == [400, 50, 50]
+    for k in range(100):  # each label is still cut by the largest-remainder rule
+        assert sorted(np.bincount(splits[labels == k], minlength=3)) == [0, 1, 4]
+    labels = np.repeat(np.arange(150), 15)  # 12/1.5/1.5 each: was 1800/300/150
+    splits = cache.assign_splits(labels, None, (0.8, 0.1, 0.1), seed=0)
+    assert np.bincount(splits, minlength=3).tolist() == [1800, 225, 225]
+
+
 def test_grouped_split_keeps_groups_whole(tmp_path, tok):
     src = make_csv(tmp_path / "d.csv", n=200, groups=17)
     m = cache.build_cache(src, str(tmp_path / "c"), tokenizer=tok, group_col="book",
@@ -455,3 +468,102 @@ def test_every_record_holds_the_keras_hub_ids_of_its_text(tmp_path, tok, model_t
         ids, label, note = got[str(i)]
         assert ids == want[i], (i, t)
         assert m["labels"][label] == "ab"[i % 2] and note == f"n{i % 5}"
+
+
+def test_labels_without_a_label_column_is_a_config_error():
+    # It built a cache whose manifest listed the labels and gave every row the first.
+    with pytest.raises(ConfigError, match="--labels.*--label-col"):
+        cache.CacheSettings(task="clustering", label_col=None, group_col="book",
+                            labels=("a", "b"))
+
+
+def test_bad_seed_or_nan_ratios_are_config_errors_not_tracebacks(tmp_path, tiny_preset, capsys):
+    with pytest.raises(ConfigError, match="seed"):
+        cache.CacheSettings(seed=-1)
+    with pytest.raises(ConfigError, match="ratios"):
+        cache.CacheSettings(ratios=(float("nan"), 0.0, 0.0))
+    src = make_csv(tmp_path / "d.csv", n=20)
+    args = ["build-tfrecords", "--input", src, "--output", str(tmp_path / "c"),
+            "--preset", tiny_preset, "--quiet"]
+    for bad in (["--seed", "-1"], ["--ratios", "nan,0,0"]):
+        assert cli_main(args + bad) == 2
+        assert capsys.readouterr().err.startswith("error: --")
+
+
+def test_input_dir_or_output_file_is_an_error_not_a_traceback(tmp_path, tiny_preset, capsys):
+    src = make_csv(tmp_path / "d.csv", n=20)
+    base = ["build-tfrecords", "--preset", tiny_preset, "--quiet"]
+    assert cli_main(base + ["--input", str(tmp_path), "--output", str(tmp_path / "c")]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert cli_main(base + ["--input", src, "--output", src]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "d.csv" in err and "--output" in err
+    assert pathlib.Path(src).read_text().startswith("id,text,label")
+
+
+def test_no_usable_rows_error_names_the_fix(tmp_path, tok):
+    # A Korean file saved as cp949 (common on Windows): every row is undecodable.
+    src = tmp_path / "kr.csv"
+    src.write_bytes("text,label\n정말 재미있어요,1\n별로예요,0\n".encode("cp949"))
+    with pytest.raises(DataError) as e:
+        cache.build_cache(str(src), str(tmp_path / "c"), tokenizer=tok, progress=False)
+    assert "undecodable 2" in str(e.value) and "UTF-8" in str(e.value)
+    src.write_text("text,label\n")
+    with pytest.raises(DataError, match="no data rows"):
+        cache.build_cache(str(src), str(tmp_path / "c"), tokenizer=tok, progress=False)
+
+
+def test_texts_differing_only_in_whitespace_are_duplicates(tmp_path, tok):
+    # The tokenizer ignores leading, trailing and repeated whitespace: the same ids must
+    # not land in two splits.
+    src = tmp_path / "w.csv"
+    rows = [f"text {i} here,{i % 2}" for i in range(40)]
+    rows += ["text 3 here ,1", "  text 3   here,1", '"text 3\there",1']
+    src.write_text("text,label\n" + "\n".join(rows) + "\n")
+    m = cache.build_cache(str(src), str(tmp_path / "c"), tokenizer=tok, progress=False)
+    assert m["counts"]["skipped"]["duplicate_text"] == 3
+    assert sum(m["counts"]["written"].values()) == 40
+    ids = [tuple(t) for s in reader.SPLITS for t in _token_ids(m["cache_dir"], s)]
+    assert len(ids) == len(set(ids)) == 40
+
+
+def _token_ids(cache_dir, split):
+    ds = reader.make_dataset(cache_dir, split, batch_size=64, max_seq_length=64,
+                             padding="dynamic")
+    for f, _ in ds:
+        for row, mask in zip(f["token_ids"].numpy(), f["padding_mask"].numpy()):
+            yield row[mask.astype(bool)].tolist()
+
+
+def test_strict_alone_does_not_make_a_cache_stale(tmp_path, tok):
+    # A strict build that succeeds equals the plain build; a plain one with no skips too.
+    src = make_csv(tmp_path / "d.csv", n=30)
+    out = str(tmp_path / "c")
+    first = cache.ensure_cache(src, out, tokenizer=tok, strict=True, progress=False)
+    again = cache.ensure_cache(src, out, tokenizer=tok, rebuild=False, progress=False)
+    assert again["reused"] and again["build_id"] == first["build_id"]
+    assert cache.ensure_cache(src, out, tokenizer=tok, strict=True, rebuild=False,
+                              progress=False)["reused"]
+    # ... but --strict must not reuse a cache that skipped rows: that is its error.
+    pathlib.Path(src).write_text(pathlib.Path(src).read_text() + "99,,neg\n")
+    assert cache.ensure_cache(src, out, tokenizer=tok, progress=False)["counts"]["skipped"][
+        "empty_text"] == 1
+    with pytest.raises(reader.CacheError, match="strict"):
+        cache.ensure_cache(src, out, tokenizer=tok, strict=True, rebuild=False, progress=False)
+    with pytest.raises(DataError, match="line 32, column 'text': empty text"):
+        cache.ensure_cache(src, out, tokenizer=tok, strict=True, progress=False)
+
+
+def test_detected_format_delimiter_header_given_explicitly_reuse_the_cache(tmp_path, tok):
+    src = tmp_path / "d.txt"
+    src.write_text("text\tlabel\n" + "".join(f"row {i}\t{i % 2}\n" for i in range(30)))
+    out = str(tmp_path / "c")
+    first = cache.ensure_cache(str(src), out, tokenizer=tok, progress=False)
+    for same in (dict(format="csv"), dict(delimiter="tab"), dict(delimiter="\t"),
+                 dict(header=True), dict(format="csv", delimiter="\t", header=True)):
+        again = cache.ensure_cache(str(src), out, tokenizer=tok, rebuild=False,
+                                   progress=False, **same)
+        assert again["build_id"] == first["build_id"], same
+    with pytest.raises(reader.CacheError, match="delimiter"):
+        cache.ensure_cache(str(src), out, tokenizer=tok, delimiter=";", rebuild=False,
+                           progress=False)

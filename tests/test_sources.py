@@ -46,6 +46,53 @@ def test_tsv_detected_from_content_with_crlf_korean(tmp_path):
     assert [r.label for r in recs] == ["0", "1"] and not skips
 
 
+def test_no_header_index_out_of_range_error_does_not_say_pass_no_header(tmp_path):
+    path = write(tmp_path, "n.csv", b"a,1\nb,0\n")
+    with pytest.raises(DataError) as e:
+        open_source(path, "0", "3", header=False)
+    assert "'3' not found; columns found: '0', '1'" in str(e.value)
+    assert "pass --no-header" not in str(e.value)
+
+
+def test_quote_slip_within_one_line_reads_as_before(tmp_path):
+    # Only a quoted field that runs over lines is malformed; on one line csv's lenient
+    # reading stands (the quotes go), as it did before quoting became strict.
+    path = write(tmp_path, "q.tsv", b'text\tlabel\nok\t1\n"bad" quote\t0\n')
+    recs, skips = read_all(open_source(path, "text", "label"))
+    assert [(r.text, r.label) for r in recs] == [("ok", "1"), ("bad quote", "0")] and not skips
+
+
+def test_delimiter_detected_from_the_header_after_blank_lines(tmp_path):
+    data = b"\xef\xbb\xbf\r\n  \r\nid\tdocument\tlabel\r\n1\tgood, fine\t1\r\n"
+    src = open_source(write(tmp_path, "r.txt", data), "document", "label")
+    assert src.delimiter == "\t" and src.columns_found == ["id", "document", "label"]
+    recs, skips = read_all(src)
+    assert [(r.text, r.label) for r in recs] == [("good, fine", "1")] and not skips
+
+
+def test_utf16_gzip_and_xlsx_inputs_are_named(tmp_path):
+    import gzip
+    import zipfile
+
+    utf16 = "text\tlabel\r\n좋아요\t1\r\n".encode("utf-16")  # Excel's "Unicode Text"
+    with pytest.raises(DataError, match=r"u.txt: .*UTF-16.*re-save it as UTF-8"):
+        open_source(write(tmp_path, "u.txt", utf16), "text", "label")
+    gz = gzip.compress(b"text,label\na,1\n")
+    with pytest.raises(DataError, match=r"g.csv.gz: .*gzip.*decompress"):
+        open_source(write(tmp_path, "g.csv.gz", gz), "text", "label")
+    with zipfile.ZipFile(tmp_path / "w.xlsx", "w") as z:
+        z.writestr("xl/workbook.xml", "<workbook/>")
+    with pytest.raises(DataError, match=r"w.xlsx: .*ZIP.*CSV"):
+        open_source(str(tmp_path / "w.xlsx"), "text", "label")
+
+
+def test_cr_only_line_endings_are_named(tmp_path):
+    # Old Mac / "CSV (Macintosh)" files end lines with CR alone: one line to an LF reader.
+    path = write(tmp_path, "mac.csv", b"text,label\rgood film,1\rbad film,0\r")
+    with pytest.raises(DataError, match=r"mac.csv: .*CR .*re-save"):
+        open_source(path, "text", "label")
+
+
 def test_no_header_by_index_and_overrides(tmp_path):
     path = write(tmp_path, "x.csv", b"good film;1\nbad film;0\n")
     src = open_source(path, "0", "1", delimiter=";")
@@ -90,6 +137,23 @@ def test_skip_reasons_with_line_numbers(tmp_path):
     assert "s.csv line 5" in msg and "'label'" in msg and "Fix:" in msg
 
 
+def test_stray_quote_does_not_merge_rows_silently(tmp_path):
+    # A TSV (written without quoting) whose text starts with a quote: csv reads a quoted
+    # field up to the next quote, lines away. The rows it swallowed must not come out as
+    # one good row holding them; the merged row is malformed, the others are read.
+    data = 'text\tlabel\n"quoted start\t1\nmiddle row\t0\nend "row\t1\nlast\t0\n'
+    src = open_source(write(tmp_path, "q.tsv", data.encode()), "text", "label")
+    recs, skips = read_all(src)
+    assert [(r.text, r.label) for r in recs if not r.skip] == [("last", "0")]
+    bad = [r for r in recs if r.skip]
+    assert skips == {"malformed": 1} and bad[0].line == 2 and "lines 2-4" in bad[0].detail
+    assert "'\\t' expected" in bad[0].detail  # a TAB in csv's message is shown as \t
+    # An unterminated quote at the end of the file is malformed too, not a label "1\n...".
+    data = 'text,label\nfine,0\nopen,"1\nrest,0\n'
+    recs, skips = read_all(open_source(write(tmp_path, "u.csv", data.encode()), "text", "label"))
+    assert [r.text for r in recs if not r.skip] == ["fine"] and skips == {"malformed": 1}
+
+
 def test_jsonl_rows_and_malformed_lines(tmp_path):
     lines = [
         json.dumps({"text": "first", "label": 1, "book": "b"}),
@@ -106,6 +170,50 @@ def test_jsonl_rows_and_malformed_lines(tmp_path):
     assert skips == {"malformed": 2, "empty_text": 1}
     ok = [r for r in recs if not r.skip]
     assert [(r.text, r.label, r.extras) for r in ok] == [("first", "1", ("b",)), ("second", "0", ("",))]
+
+
+def test_malformed_fix_fits_the_format(tmp_path):
+    path = write(tmp_path, "m.jsonl", b'{"text": "a", "label": 1}\n{"text": "b", "label"\n')
+    src = open_source(path, "text", "label")
+    msg = str(skip_error(src, [r for r in src.records() if r.skip][0]))
+    assert "m.jsonl line 2" in msg and "JSON object" in msg and "quote fields" not in msg
+    path = write(tmp_path, "m.csv", b"text,label\na,1,extra\n")
+    src = open_source(path, "text", "label")
+    msg = str(skip_error(src, next(src.records())))
+    assert "m.csv line 2" in msg and "quote fields" in msg
+
+
+def test_jsonl_key_absent_from_the_first_object_is_a_missing_value(tmp_path):
+    # JSON lines have no header: a key the first object leaves out is found in later ones.
+    lines = [{"text": "no label yet"}, {"text": "b", "label": 1},
+             {"text": "c", "label": 0, "book": "x"}]
+    path = write(tmp_path, "k.jsonl", "".join(json.dumps(x) + "\n" for x in lines).encode())
+    src = open_source(path, "text", "label", "book")
+    assert src.columns_found == ["text", "label", "book"]
+    recs, skips = read_all(src)
+    assert skips == {"missing_label": 1, "missing_group": 1}
+    assert [(r.text, r.label, r.group) for r in recs if not r.skip] == [("c", "0", "x")]
+    with pytest.raises(DataError, match="'speaker' not found; columns found: 'text', 'label'"):
+        open_source(path, "text", "speaker")
+
+
+def test_json_array_file_error_says_one_object_per_line(tmp_path):
+    data = b'[{"text": "a", "label": 1},\n {"text": "b", "label": 0},\n {"text": "c"}]\n'
+    with pytest.raises(DataError) as e:
+        open_source(write(tmp_path, "d.json", data), "text", "label")
+    assert "d.json" in str(e.value) and "one JSON object per line" in str(e.value)
+    assert "empty" not in str(e.value)
+    with pytest.raises(DataError, match="empty"):
+        open_source(write(tmp_path, "e.jsonl", b""), "text", "label")
+
+
+def test_jsonl_too_deeply_nested_line_is_malformed(tmp_path):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for first in (b"", b'{"text": "first", "label": 1}\n'):  # the deep line opens the file, or not
+        data = first + b'{"text": ' + deep + b', "label": 1}\n{"text": "ok", "label": 0}\n'
+        recs, skips = read_all(open_source(write(tmp_path, "d.jsonl", data), "text", "label"))
+        assert skips == {"malformed": 1} and recs[-1].text == "ok"
+        assert "line" in next(r for r in recs if r.skip).detail
 
 
 def test_shared_data_files_detect_columns(shared_data):
