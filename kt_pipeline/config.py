@@ -64,9 +64,12 @@ def _coerce(value: Any, current: Any, field: dataclasses.Field) -> Any:
     """Parse a string override into the field's type (YAML rules: true, 1e-5, null)."""
     if isinstance(value, str):
         value = yaml.safe_load(value) if value != "" else None
-    if value is None:
-        return None
     kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+    if value is None:
+        if "Optional" in kind or "None" in kind or "Any" in kind or field.default is None:
+            return None
+        raise ConfigError(f"{field.name}=null: expected {kind}; give a value or leave it out "
+                          f"(default {field.default!r})")
     try:
         if "bool" in kind:
             if isinstance(value, bool):

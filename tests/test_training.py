@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from kt_pipeline import cli, evaluate, optim, training
-from kt_pipeline.config import TrainConfig
+from kt_pipeline.config import TrainConfig, apply_overrides
 from kt_pipeline.errors import ConfigError, KtError
 from kt_pipeline.strategy import StrategyError
 
@@ -222,3 +222,16 @@ def test_varying_batch_shapes_do_not_retrace_the_train_step(demo_cache, tiny_pre
     model.train_step = lambda batch: traces.append(1) or step(batch)  # runs only when tracing
     model.fit(data.train, steps_per_epoch=data.steps_per_epoch, epochs=1, verbose=0, shuffle=False)
     assert len(traces) == 1, f"{len(traces)} traces for widths {sorted(widths)}"
+
+
+@pytest.mark.parametrize("override", ["learning_rate=null", "dropout=", "epochs=~"])
+def test_null_for_a_required_setting_is_a_user_error(override, tmp_path, capsys):
+    with pytest.raises(ConfigError, match=override.split("=")[0] + "=null: expected"):
+        apply_overrides(TrainConfig(), [override])
+    rc = cli.main(["train", "--cache", str(tmp_path / "c"), "--model-dir", str(tmp_path / "m"),
+                   "--set", override])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error:" in err and "Traceback" not in err
+    # Optional settings still take null.
+    cfg = apply_overrides(TrainConfig(warmup_fraction=0.1), ["warmup_fraction=null"])
+    assert cfg.warmup_fraction is None
