@@ -50,6 +50,7 @@ from kt_pipeline.config import TrainConfig  # noqa: E402
 from kt_pipeline.errors import ConfigError, KtError  # noqa: E402
 
 PADDINGS = ("bucket", "dynamic", "fixed")
+MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")  # what ``fit`` logs
 HISTORY_FILE = "history.csv"
 SUMMARY_FILE = "train_summary.json"
 CONFIG_FILE = "config.json"
@@ -78,6 +79,9 @@ def validate_config(cfg: TrainConfig) -> None:
     if cfg.padding not in PADDINGS:
         raise ConfigError(f"padding={cfg.padding!r}: expected one of {', '.join(PADDINGS)}")
     strategies.check_name(cfg.strategy)
+    if cfg.monitor not in MONITORS:
+        raise ConfigError(f"monitor={cfg.monitor!r}: expected one of {', '.join(MONITORS)} "
+                          "(the metrics training logs; nothing else could pick best.keras)")
     for name in ("epochs", "batch_size", "max_seq_length"):
         if getattr(cfg, name) is None or getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be >= 1")

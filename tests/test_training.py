@@ -235,3 +235,15 @@ def test_null_for_a_required_setting_is_a_user_error(override, tmp_path, capsys)
     # Optional settings still take null.
     cfg = apply_overrides(TrainConfig(warmup_fraction=0.1), ["warmup_fraction=null"])
     assert cfg.warmup_fraction is None
+
+
+def test_unknown_monitor_is_refused_before_training(demo_cache, tmp_path, capsys):
+    # A monitor that fit never logs would save no best.keras, print "best val_f1=nan"
+    # and exit 0, leaving a model dir that evaluate and export cannot use.
+    model_dir = tmp_path / "run"
+    rc = cli.main(["train", "--cache", demo_cache, "--model-dir", str(model_dir), "--epochs", "1",
+                   "--max-train-examples", "16", "--batch-size", "16", "--strategy", "cpu",
+                   "--set", "monitor=val_f1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "monitor='val_f1'" in err and "val_accuracy" in err
+    assert not model_dir.exists()
