@@ -437,6 +437,33 @@ def check_tokenizer(preset, manifest: dict, cache_dir: str) -> None:
         )
 
 
+# Settings a resumed run may change: where it runs, not what it trains.
+RESUME_FREE = ("model_dir", "strategy", "jit_compile")
+
+
+def check_resume_settings(out: str, cfg: TrainConfig) -> None:
+    """A run that resumes from ``backup/`` must have the settings it started with.
+
+    Otherwise Keras restores what still fits (weights) and drops what does not (the
+    optimizer state, when ``freeze_body`` changes), and the schedule of one run goes on
+    with the step counts of another.
+    """
+    path = join(out, CONFIG_FILE)
+    if not (tf.io.gfile.exists(join(out, "backup")) and tf.io.gfile.exists(path)):
+        return
+    with tf.io.gfile.GFile(path, "r") as f:
+        before = json.loads(f.read())
+    now = cfg.to_dict()
+    changed = [f"{k} {before[k]!r} -> {now[k]!r}" for k in now
+               if k not in RESUME_FREE and k in before and before[k] != now[k]]
+    if changed:
+        raise ConfigError(
+            f"{out} holds an unfinished run (backup/) with other settings: {'; '.join(changed)}. "
+            f"Rerun with its settings ({path}) to resume it, or start over in a new "
+            f"--model-dir or after deleting {join(out, 'backup')}"
+        )
+
+
 def output_dir(model_dir: str, chosen) -> str:
     """Non-chief workers of a multi-worker run write under ``<model_dir>/workers/<i>``."""
     return model_dir if chosen.is_chief else join(model_dir, "workers", str(chosen.task_index))
@@ -490,6 +517,7 @@ def _train(cfg, chosen, policy, started, extra_callbacks, verbose) -> dict:
         monitor = monitor[4:]
 
     out = output_dir(cfg.model_dir, chosen)
+    check_resume_settings(out, cfg)
     tf.io.gfile.makedirs(out)
     write_text(join(out, CONFIG_FILE), cfg.to_json())
     models.save_labels(out, labels)

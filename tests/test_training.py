@@ -247,3 +247,22 @@ def test_unknown_monitor_is_refused_before_training(demo_cache, tmp_path, capsys
     err = capsys.readouterr().err
     assert rc == 2 and "monitor='val_f1'" in err and "val_accuracy" in err
     assert not model_dir.exists()
+
+
+def test_resuming_with_other_settings_is_refused(demo_cache, tmp_path):
+    # Before: the killed run's weights came back, Keras skipped its optimizer state
+    # ("Skipping variable loading for optimizer") and the schedule restarted at step 0.
+    model_dir = str(tmp_path / "run")
+    cfg = TrainConfig(cache_dir=demo_cache, model_dir=model_dir, epochs=2,
+                      max_train_examples=32, **FAST)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(cfg.to_dict())],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 17, proc.stderr[-3000:]
+    config_before = tf.io.gfile.GFile(f"{model_dir}/config.json").read()
+    other = TrainConfig(**{**cfg.to_dict(), "freeze_body": True, "strategy": "auto"})
+    with pytest.raises(ConfigError, match=r"backup.*freeze_body False -> True") as err:
+        training.train(other, verbose=0)
+    assert "strategy" not in str(err.value)  # where it runs may change
+    assert tf.io.gfile.GFile(f"{model_dir}/config.json").read() == config_before
+    assert training.train(cfg, verbose=0)["initial_epoch"] == 1  # the same settings resume
