@@ -122,6 +122,35 @@ def _read_json(path: str) -> Optional[dict]:
         return json.loads(f.read())
 
 
+def check_tokenizer(model_dir: str, config: dict, cache_dir: str, manifest: dict) -> None:
+    """The cache's token ids must come from the tokenizer the model was trained with.
+
+    Compared with the training cache's manifest, else (that cache gone) with the trained
+    preset's tokenizer.
+    """
+    from kt_pipeline import encoders
+
+    have = manifest.get("tokenizer")
+    trained_on = (config.get("cache_dir") or "").rstrip("/")
+    if not have or not trained_on or trained_on == cache_dir.rstrip("/"):
+        return
+    try:
+        want = (_read_json(f"{trained_on}/manifest.json") or {}).get("tokenizer")
+    except Exception:  # a training cache that moved or went away
+        want = None
+    summary = _read_json(f"{model_dir}/train_summary.json") or {}
+    preset = summary.get("preset") or config.get("preset")
+    if not want:
+        want = encoders.tokenizer_fingerprint(encoders.load_tokenizer(preset))
+    if encoders.fingerprint_digest(want) != encoders.fingerprint_digest(have):
+        raise KtError(
+            f"{cache_dir} was tokenized with another tokenizer than {model_dir} was trained "
+            f"with ({have.get('class')} vs {want.get('class')}, vocabulary "
+            f"{have.get('vocabulary_size')} vs {want.get('vocabulary_size')}); evaluate on a "
+            f"cache built with `build-tfrecords --preset {preset or 'default'}`"
+        )
+
+
 def evaluate(
     model_dir: str,
     cache_dir: Optional[str] = None,
@@ -149,6 +178,7 @@ def evaluate(
             f"{manifest.get('labels')}; evaluate on a cache built with the same labels "
             "(build-tfrecords --labels ...)"
         )
+    check_tokenizer(model_dir, config, cache_dir, manifest)
     n = int(manifest["counts"]["written"].get(split, 0))
     if n == 0:
         raise KtError(f"{cache_dir}: split {split!r} is empty; choose another --split "

@@ -266,3 +266,22 @@ def test_resuming_with_other_settings_is_refused(demo_cache, tmp_path):
     assert "strategy" not in str(err.value)  # where it runs may change
     assert tf.io.gfile.GFile(f"{model_dir}/config.json").read() == config_before
     assert training.train(cfg, verbose=0)["initial_epoch"] == 1  # the same settings resume
+
+
+def test_evaluate_refuses_a_cache_of_another_tokenizer(demo_cache, sample_csv, tmp_path,
+                                                       capsys):
+    # Before: the other vocabulary's ids went into the embedding (a GatherV2 traceback when
+    # out of range, else metrics computed on meaningless ids).
+    from kt_pipeline import cache, hf_fixtures
+
+    model_dir = str(tmp_path / "run")
+    training.train(TrainConfig(cache_dir=demo_cache, model_dir=model_dir, epochs=1,
+                               max_train_examples=16, **FAST), verbose=0)
+    other = str(tmp_path / "roberta_cache")
+    preset = hf_fixtures.write_hf_checkpoint(str(tmp_path / "roberta"), "roberta")
+    cache.build_cache(sample_csv, other, preset=preset, max_length=32, progress=False)
+    rc = cli.main(["evaluate", "--model-dir", model_dir, "--cache", other])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error:" in err and other in err and "--preset" in err
+    assert not tf.io.gfile.exists(f"{model_dir}/results.json")
+    assert cli.main(["evaluate", "--model-dir", model_dir, "--cache", demo_cache]) == 0
