@@ -199,3 +199,14 @@ def test_export_of_a_real_training_run(tiny_preset, sample_csv, tmp_path):
         export.export_model_dir(cfg.model_dir, preset=other)
     with pytest.raises(export.ExportError, match="pass --preset"):
         export.export_model_dir(cfg.model_dir, preset=str(tmp_path / "moved"))
+
+
+def test_max_seq_length_beyond_the_position_embeddings_is_refused(exported, tmp_path):
+    # Before: the export succeeded and every text longer than the encoder's positions
+    # failed when served ("Expected size[0] in [0, 512]").
+    model, tokenizer, _ = exported
+    limit = next(layer.max_sequence_length for layer in model.layers
+                 if hasattr(layer, "max_sequence_length"))  # the backbone's positions
+    with pytest.raises(export.ExportError, match=f"--max-seq-length {limit} or less"):
+        export.export_saved_model(model, tokenizer, LABELS, limit + 1, str(tmp_path / "long"))
+    assert not tf.io.gfile.exists(str(tmp_path / "long"))
