@@ -123,3 +123,11 @@ def test_predict_loads_without_keras_hub_or_model_code(export_dir, served):
     row, status = [json.loads(x) for x in proc.stdout.strip().splitlines()[-2:]]
     assert status == {"rc": 0, "loaded": []}
     assert row["label"] == served.predict(["the film was great"])["label"][0]
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_batch_size_below_one_is_a_user_error(export_dir, size, capsys):
+    # Before: range() arg 3 must not be zero / an IndexError, as tracebacks.
+    assert main(["predict", export_dir, "a fine film", "--batch-size", size]) == 2
+    err = capsys.readouterr().err
+    assert f"--batch-size {size}" in err and "Traceback" not in err

@@ -136,6 +136,8 @@ def run(args) -> int:
         texts += read_texts(args.input, args.text_col)
     elif args.text_col:
         raise DataError("--text-col needs --input FILE")
+    if args.batch_size < 1:
+        raise DataError(f"--batch-size {args.batch_size}: must be >= 1")
     if not texts:
         raise DataError('nothing to predict: pass texts (`predict MODEL "some text"`) or --input FILE')
     served = export.load_exported(args.model)
