@@ -499,7 +499,8 @@ def _train(cfg, chosen, policy, started, extra_callbacks, verbose) -> dict:
     if len(labels) < 2:
         raise KtError(
             f"{cfg.cache_dir}: the cache has labels {labels}; classification needs a label "
-            "column with at least 2 values (rebuild with --label-column)"
+            "column with at least 2 values (rebuild it with build-tfrecords --label-col "
+            "COLUMN, from data with 2 or more labels)"
         )
     seq = effective_max_seq_length(cfg, manifest)
     if seq != cfg.max_seq_length:

@@ -285,3 +285,27 @@ def test_evaluate_refuses_a_cache_of_another_tokenizer(demo_cache, sample_csv, t
     assert rc == 2 and "error:" in err and other in err and "--preset" in err
     assert not tf.io.gfile.exists(f"{model_dir}/results.json")
     assert cli.main(["evaluate", "--model-dir", model_dir, "--cache", demo_cache]) == 0
+
+
+def test_a_cache_with_one_label_names_the_real_flag(sample_csv, tiny_preset, tmp_path, capsys):
+    import argparse
+
+    from kt_pipeline import cache
+    from kt_pipeline.commands import build_tfrecords
+
+    rows = [line for line in open(sample_csv, encoding="utf-8").read().splitlines()
+            if ",negative," in line]
+    one = tmp_path / "negative.csv"
+    one.write_text("text,label,source\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    cache_dir = str(tmp_path / "cache")
+    cache.build_cache(str(one), cache_dir, preset=tiny_preset, max_length=32, progress=False)
+    rc = cli.main(["train", "--cache", cache_dir, "--model-dir", str(tmp_path / "run"),
+                   "--strategy", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "['negative']" in err
+    flags = [f for f in err.split() if f.startswith("--")]
+    assert flags  # every flag it suggests exists in build-tfrecords
+    parser = argparse.ArgumentParser()
+    build_tfrecords.add_arguments(parser)
+    known = {s for a in parser._actions for s in a.option_strings}
+    assert all(f.strip("(),.") in known for f in flags), flags
