@@ -85,6 +85,9 @@ def validate_config(cfg: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "max_seq_length"):
         if getattr(cfg, name) is None or getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be >= 1")
+    if cfg.max_train_examples is not None and cfg.max_train_examples < 1:
+        raise ConfigError(f"max_train_examples={cfg.max_train_examples}: must be >= 1 "
+                          "(or null for all train examples)")
     if cfg.max_seq_length < 3:
         raise ConfigError(f"max_seq_length={cfg.max_seq_length}: needs room for [CLS] x [SEP]")
     if not 0.0 <= cfg.dropout < 1.0:

@@ -309,3 +309,14 @@ def test_a_cache_with_one_label_names_the_real_flag(sample_csv, tiny_preset, tmp
     build_tfrecords.add_arguments(parser)
     known = {s for a in parser._actions for s in a.option_strings}
     assert all(f.strip("(),.") in known for f in flags), flags
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_max_train_examples_below_one_is_refused(demo_cache, tmp_path, value, capsys):
+    # Before: 0 silently trained on every example; -5 blamed batch_size ("larger than
+    # the -5 train examples").
+    rc = cli.main(["train", "--cache", demo_cache, "--model-dir", str(tmp_path / "run"),
+                   "--epochs", "1", "--strategy", "cpu", "--max-train-examples", value])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"max_train_examples={value}" in err
+    assert not (tmp_path / "run").exists()
