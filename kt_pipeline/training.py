@@ -362,6 +362,8 @@ class BestCheckpoint(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         if value is None or not np.isfinite(float(value)):
             return
+        if not np.isfinite(float((logs or {}).get("loss", 0.0))):
+            return  # diverged (NaNGuard stops the run): the weights are NaN, whatever the monitor
         value = float(value)
         better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
         if better:

@@ -320,3 +320,17 @@ def test_max_train_examples_below_one_is_refused(demo_cache, tmp_path, value, ca
     err = capsys.readouterr().err
     assert rc == 2 and f"max_train_examples={value}" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_diverged_epoch_saves_no_best_checkpoint(demo_cache, tmp_path):
+    # Before: val_accuracy stayed finite (argmax of NaN logits), so best.keras was saved
+    # with NaN weights, and evaluate/export then worked from a broken model.
+    model_dir = str(tmp_path / "run")
+    cfg = TrainConfig(cache_dir=demo_cache, model_dir=model_dir, epochs=1, batch_size=16,
+                      max_train_examples=64, max_seq_length=32, strategy="cpu",
+                      learning_rate=1e9, clipnorm=None)
+    with pytest.raises(training.TrainingDiverged):
+        training.train(cfg, verbose=0)
+    rows = read_history(f"{model_dir}/history.csv")
+    assert rows and not np.isfinite(float(rows[0]["loss"]))  # it did diverge in epoch 1
+    assert not tf.io.gfile.exists(f"{model_dir}/best.keras")
