@@ -191,6 +191,13 @@ def evaluate(
     y_true, probs = predict_probabilities(model, ds)
     if (y_true < 0).any():
         raise KtError(f"{cache_dir}: split {split!r} has no labels; it cannot be evaluated")
+    bad = int((~np.isfinite(probs).all(axis=1)).sum())
+    if bad:
+        raise KtError(
+            f"{models.saved_model_path(model_dir)} gives NaN/inf for {bad} of {len(probs)} "
+            f"{split} examples: its weights are not finite (a diverged run); retrain with a "
+            "lower learning_rate or clipnorm"
+        )
     res = compute_metrics(y_true, probs, labels)
     png = f"{model_dir}/confusion_matrix_{split}.png"
     plot_confusion_matrix(res["confusion_matrix"], labels, png,

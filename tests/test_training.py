@@ -334,3 +334,23 @@ def test_a_diverged_epoch_saves_no_best_checkpoint(demo_cache, tmp_path):
     rows = read_history(f"{model_dir}/history.csv")
     assert rows and not np.isfinite(float(rows[0]["loss"]))  # it did diverge in epoch 1
     assert not tf.io.gfile.exists(f"{model_dir}/best.keras")
+
+
+def test_evaluate_reports_a_model_with_nan_weights(demo_cache, tmp_path, capsys):
+    # Before: a ValueError traceback from scikit-learn's roc_auc ("Input contains NaN"),
+    # or (more than two labels) metrics of argmax(NaN) = label 0 for every example.
+    model_dir = str(tmp_path / "run")
+    training.train(TrainConfig(cache_dir=demo_cache, model_dir=model_dir, epochs=1,
+                               max_train_examples=16, **FAST), verbose=0)
+    from kt_pipeline import models
+
+    model = models.load_classifier(model_dir)
+    logits = model.get_layer("logits")
+    kernel, bias = logits.get_weights()
+    logits.set_weights([kernel * np.nan, bias])
+    os.remove(f"{model_dir}/best.keras")
+    model.save(f"{model_dir}/best.keras")
+    rc = cli.main(["evaluate", "--model-dir", model_dir])
+    err = capsys.readouterr().err
+    assert rc == 2 and "NaN" in err and "best.keras" in err and "Traceback" not in err
+    assert not tf.io.gfile.exists(f"{model_dir}/results.json")
