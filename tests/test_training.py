@@ -354,3 +354,18 @@ def test_evaluate_reports_a_model_with_nan_weights(demo_cache, tmp_path, capsys)
     err = capsys.readouterr().err
     assert rc == 2 and "NaN" in err and "best.keras" in err and "Traceback" not in err
     assert not tf.io.gfile.exists(f"{model_dir}/results.json")
+
+
+def test_set_may_give_the_cache_and_model_dir(tmp_path):
+    # `--set` takes any TrainConfig field (README); cache_dir/model_dir were refused there.
+    import argparse
+
+    from kt_pipeline.commands import train as train_cmd
+
+    parser = argparse.ArgumentParser()
+    train_cmd.add_arguments(parser)
+    cfg = train_cmd.resolve_config(parser.parse_args(
+        ["--set", "cache_dir=c", "--set", "model_dir=m", "--epochs", "2"]))
+    assert (cfg.cache_dir, cfg.model_dir, cfg.epochs) == ("c", "m", 2)
+    with pytest.raises(ConfigError, match="--model-dir"):
+        train_cmd.resolve_config(parser.parse_args(["--set", "cache_dir=c"]))
