@@ -163,6 +163,10 @@ def evaluate(
 
     import tensorflow as tf
 
+    if batch_size is not None and batch_size < 1:
+        raise KtError(f"--batch-size {batch_size}: must be >= 1")
+    if max_seq_length is not None and max_seq_length < 3:
+        raise KtError(f"--max-seq-length {max_seq_length}: needs room for [CLS] x [SEP] (>= 3)")
     model_dir = model_dir.rstrip("/")
     if not tf.io.gfile.isdir(model_dir):
         raise KtError(f"model dir not found: {model_dir} (train one with `kt-pipeline train`)")

@@ -369,3 +369,12 @@ def test_set_may_give_the_cache_and_model_dir(tmp_path):
     assert (cfg.cache_dir, cfg.model_dir, cfg.epochs) == ("c", "m", 2)
     with pytest.raises(ConfigError, match="--model-dir"):
         train_cmd.resolve_config(parser.parse_args(["--set", "cache_dir=c"]))
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--max-seq-length", "0"),
+                                        ("--max-seq-length", "2")])
+def test_evaluate_refuses_sizes_it_cannot_use(flag, value, tmp_path, capsys):
+    # Before: 0 silently fell back to the training value, 2 evaluated on [CLS] [SEP] only.
+    rc = cli.main(["evaluate", "--model-dir", str(tmp_path), flag, value])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{flag} {value}" in err
