@@ -283,6 +283,8 @@ def export_model_dir(
     model_file = models.saved_model_path(model_dir)  # KtError when training never saved
     labels = models.load_labels(model_dir)
     settings = run_settings(model_dir)
+    if max_seq_length is not None and max_seq_length < 3:
+        raise ExportError(f"--max-seq-length {max_seq_length}: needs room for start, text, end")
     max_seq_length = int(max_seq_length or settings["max_seq_length"] or 0)
     if not max_seq_length:
         raise ExportError(

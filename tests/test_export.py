@@ -210,3 +210,13 @@ def test_max_seq_length_beyond_the_position_embeddings_is_refused(exported, tmp_
     with pytest.raises(export.ExportError, match=f"--max-seq-length {limit} or less"):
         export.export_saved_model(model, tokenizer, LABELS, limit + 1, str(tmp_path / "long"))
     assert not tf.io.gfile.exists(str(tmp_path / "long"))
+
+
+def test_export_command_refuses_max_seq_length_zero(exported, tiny_preset, tmp_path, capsys):
+    # Before: 0 was taken as "not given" and the trained length exported instead.
+    model, _, _ = exported
+    run = tmp_path / "run"
+    write_model_dir(run, model, tiny_preset)
+    assert main(["export", "--model-dir", str(run), "--max-seq-length", "0"]) == 2
+    assert "--max-seq-length 0" in capsys.readouterr().err
+    assert not (run / "export").exists()
