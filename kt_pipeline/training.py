@@ -469,6 +469,23 @@ def check_resume_settings(out: str, cfg: TrainConfig) -> None:
         )
 
 
+def clear_stale_results(out: str) -> None:
+    """A new run (not a resumed one) replaces the model, so ``evaluate``'s files describing
+    the old one go; an ``export/`` of it is kept but named (export again)."""
+    if tf.io.gfile.exists(join(out, "backup")):
+        return
+    stale = [join(out, "results.json")] + tf.io.gfile.glob(join(out, "confusion_matrix_*.png"))
+    removed = [p for p in stale if tf.io.gfile.exists(p)]
+    for path in removed:
+        tf.io.gfile.remove(path)
+    if removed:
+        print(f"note: removed {len(removed)} evaluate result(s) of an earlier run in {out}",
+              file=sys.stderr)
+    if tf.io.gfile.exists(join(out, "export", "saved_model.pb")):
+        print(f"note: {join(out, 'export')} holds an earlier run's model; run `kt-pipeline "
+              f"export --model-dir {out}` after this run to replace it", file=sys.stderr)
+
+
 def output_dir(model_dir: str, chosen) -> str:
     """Non-chief workers of a multi-worker run write under ``<model_dir>/workers/<i>``."""
     return model_dir if chosen.is_chief else join(model_dir, "workers", str(chosen.task_index))
@@ -524,6 +541,7 @@ def _train(cfg, chosen, policy, started, extra_callbacks, verbose) -> dict:
 
     out = output_dir(cfg.model_dir, chosen)
     check_resume_settings(out, cfg)
+    clear_stale_results(out)
     tf.io.gfile.makedirs(out)
     write_text(join(out, CONFIG_FILE), cfg.to_json())
     models.save_labels(out, labels)

@@ -378,3 +378,18 @@ def test_evaluate_refuses_sizes_it_cannot_use(flag, value, tmp_path, capsys):
     rc = cli.main(["evaluate", "--model-dir", str(tmp_path), flag, value])
     err = capsys.readouterr().err
     assert rc == 2 and f"{flag} {value}" in err
+
+
+def test_a_new_run_in_a_model_dir_drops_the_old_runs_evaluation(demo_cache, tmp_path, capsys):
+    # Before: results.json and the confusion matrix of the replaced model stayed, as if
+    # they described the new one.
+    model_dir = str(tmp_path / "run")
+    cfg = TrainConfig(cache_dir=demo_cache, model_dir=model_dir, epochs=1,
+                      max_train_examples=16, **FAST)
+    training.train(cfg, verbose=0)
+    assert cli.main(["evaluate", "--model-dir", model_dir, "--split", "validation"]) == 0
+    assert tf.io.gfile.exists(f"{model_dir}/confusion_matrix_validation.png")
+    training.train(TrainConfig(**{**cfg.to_dict(), "pooling": "cls"}), verbose=0)
+    assert not tf.io.gfile.exists(f"{model_dir}/results.json")
+    assert not tf.io.gfile.exists(f"{model_dir}/confusion_matrix_validation.png")
+    assert "evaluate result" in capsys.readouterr().err
