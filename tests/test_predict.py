@@ -131,3 +131,12 @@ def test_batch_size_below_one_is_a_user_error(export_dir, size, capsys):
     assert main(["predict", export_dir, "a fine film", "--batch-size", size]) == 2
     err = capsys.readouterr().err
     assert f"--batch-size {size}" in err and "Traceback" not in err
+
+
+def test_a_csv_input_without_text_col_is_refused(tmp_path):
+    # Before: each raw line, the header included, was labelled as a text.
+    csv_file = tmp_path / "reviews.csv"
+    csv_file.write_text('text,label\n"Frankly, no.",negative\n')
+    with pytest.raises(predict.DataError, match=r"--text-col.*header: text, label"):
+        predict.read_texts(str(csv_file))
+    assert predict.read_texts(str(csv_file), "text") == ["Frankly, no."]

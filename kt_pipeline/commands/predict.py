@@ -66,10 +66,16 @@ def read_texts(path: str, text_col: str | None = None) -> list[str]:
     ['good, really', 'bad']
     """
     text = _read(path)
-    if text_col is None:
-        return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
     first = text.split("\n", 1)[0]
     delimiter = "\t" if path.endswith(".tsv") or first.count("\t") > first.count(",") else ","
+    if text_col is None:
+        if path.lower().endswith((".csv", ".tsv")):
+            columns = next(csv.reader([first], delimiter=delimiter), [])
+            raise DataError(
+                f"--input {path} is a {path[-3:].upper()} file: pass --text-col with the "
+                f"column holding the texts (header: {', '.join(columns) or 'none'})"
+            )
+        return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
     columns = reader.fieldnames or []
     if text_col not in columns:
