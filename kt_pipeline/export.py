@@ -106,13 +106,6 @@ def make_serving_fn(model, tokenizer, labels, max_seq_length: int):
     return serve
 
 
-def position_limit(model):
-    """The most tokens the classifier's backbone has positions for (None: unknown)."""
-    limits = [int(layer.max_sequence_length) for layer in model._flatten_layers()
-              if isinstance(getattr(layer, "max_sequence_length", None), int)]
-    return min(limits) if limits else None
-
-
 def _prepare_output_dir(output_dir: str) -> None:
     """Replace an earlier export; refuse to clobber a folder that is something else."""
     import tensorflow as tf
@@ -172,6 +165,8 @@ def export_saved_model(
         )
     if max_seq_length < 3:
         raise ExportError(f"max_seq_length={max_seq_length}: needs room for start, text, end")
+    from kt_pipeline.models import position_limit
+
     limit = position_limit(model)
     if limit and max_seq_length > limit:
         raise ExportError(

@@ -550,6 +550,12 @@ def _train(cfg, chosen, policy, started, extra_callbacks, verbose) -> dict:
     warmup = optim.resolve_warmup(total_steps, cfg.warmup_steps, cfg.warmup_fraction)
     with chosen.strategy.scope():
         backbone = encoders.load_backbone(preset)
+        limit = models.position_limit(backbone)
+        if limit and cfg.max_seq_length > limit:
+            raise ConfigError(
+                f"max_seq_length={cfg.max_seq_length}: the encoder has position embeddings "
+                f"for {limit} tokens; pass --max-seq-length {limit} or less"
+            )
         model = models.build_classifier(backbone, len(labels), cfg.pooling, cfg.dropout, cfg.freeze_body)
         opt = optim.build_optimizer(cfg.learning_rate, warmup, total_steps, cfg.decay,
                                     cfg.weight_decay, cfg.clipnorm)

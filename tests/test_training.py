@@ -393,3 +393,19 @@ def test_a_new_run_in_a_model_dir_drops_the_old_runs_evaluation(demo_cache, tmp_
     assert not tf.io.gfile.exists(f"{model_dir}/results.json")
     assert not tf.io.gfile.exists(f"{model_dir}/confusion_matrix_validation.png")
     assert "evaluate result" in capsys.readouterr().err
+
+
+def test_max_seq_length_beyond_the_encoders_positions_is_refused(sample_csv, tiny_preset,
+                                                                 tmp_path, capsys):
+    # Before: a cache stored with --max-length 1024 trained until the first batch wider
+    # than 512 tokens, then failed with "Expected size[0] in [0, 512]" (a traceback).
+    from kt_pipeline import cache
+
+    cache_dir = str(tmp_path / "cache")
+    cache.build_cache(sample_csv, cache_dir, preset=tiny_preset, max_length=600, progress=False)
+    rc = cli.main(["train", "--cache", cache_dir, "--model-dir", str(tmp_path / "run"),
+                   "--epochs", "1", "--max-train-examples", "16", "--batch-size", "16",
+                   "--strategy", "cpu", "--max-seq-length", "600"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "max_seq_length=600" in err and "--max-seq-length 512" in err
+    assert not tf.io.gfile.exists(str(tmp_path / "run" / "history.csv"))
