@@ -409,3 +409,23 @@ def test_max_seq_length_beyond_the_encoders_positions_is_refused(sample_csv, tin
     err = capsys.readouterr().err
     assert rc == 2 and "max_seq_length=600" in err and "--max-seq-length 512" in err
     assert not tf.io.gfile.exists(str(tmp_path / "run" / "history.csv"))
+
+
+def test_evaluate_refuses_a_max_seq_length_beyond_the_positions(demo_cache, sample_csv,
+                                                                tiny_preset, tmp_path, capsys):
+    from kt_pipeline import cache
+
+    model_dir = str(tmp_path / "run")
+    training.train(TrainConfig(cache_dir=demo_cache, model_dir=model_dir, epochs=1,
+                               max_train_examples=16, **FAST), verbose=0)
+    rows = open(sample_csv, encoding="utf-8").read().splitlines()
+    long_csv = tmp_path / "long.csv"
+    long_rows = [f'"{i} {" ".join(["good film"] * 400)}",positive,x' for i in range(10)]
+    long_csv.write_text("\n".join(rows + long_rows) + "\n", encoding="utf-8")
+    cache_dir = str(tmp_path / "cache")
+    cache.build_cache(str(long_csv), cache_dir, preset=tiny_preset, max_length=1024,
+                      ratios=(0.1, 0.0, 0.9), progress=False)
+    rc = cli.main(["evaluate", "--model-dir", model_dir, "--cache", cache_dir,
+                   "--max-seq-length", "1024"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--max-seq-length 512 or less" in err and "Traceback" not in err
