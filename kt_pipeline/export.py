@@ -112,6 +112,8 @@ def _prepare_output_dir(output_dir: str) -> None:
 
     if not tf.io.gfile.exists(output_dir):
         return
+    if not tf.io.gfile.isdir(output_dir):
+        raise ExportError(f"{output_dir} is a file, not a folder; choose another --output")
     entries = tf.io.gfile.listdir(output_dir)
     if not entries:
         return

@@ -220,3 +220,13 @@ def test_export_command_refuses_max_seq_length_zero(exported, tiny_preset, tmp_p
     assert main(["export", "--model-dir", str(run), "--max-seq-length", "0"]) == 2
     assert "--max-seq-length 0" in capsys.readouterr().err
     assert not (run / "export").exists()
+
+
+def test_output_that_is_a_file_is_refused(exported, tmp_path):
+    # Before: tf.io.gfile.listdir's NotFoundError ("Could not find directory"), a traceback.
+    model, tokenizer, _ = exported
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"not a folder")
+    with pytest.raises(export.ExportError, match="is a file"):
+        export.export_saved_model(model, tokenizer, LABELS, MAX_LEN, str(target))
+    assert target.read_bytes() == b"not a folder"
