@@ -314,6 +314,14 @@ class ExportedClassifier:
 
         self.path = path
         self.module = tf.saved_model.load(path)
+        missing = {SIGNATURE, METADATA_SIGNATURE} - set(self.module.signatures)
+        if missing:
+            has = ", ".join(self.module.signatures) or "none"
+            raise ExportError(
+                f"{path} is a SavedModel but not a kt-pipeline export (no signature "
+                f"{', '.join(sorted(missing))}; it has {has}); make one with "
+                "`kt-pipeline export --model-dir MODEL_DIR`"
+            )
         self.serve = self.module.signatures[SIGNATURE]
         facts = self.module.signatures[METADATA_SIGNATURE]()
         self.labels = [x.decode("utf-8") for x in facts["labels"].numpy()]

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kt_pipeline import encoders, export, models
 from kt_pipeline.cli import main
@@ -140,3 +141,17 @@ def test_a_csv_input_without_text_col_is_refused(tmp_path):
     with pytest.raises(predict.DataError, match=r"--text-col.*header: text, label"):
         predict.read_texts(str(csv_file))
     assert predict.read_texts(str(csv_file), "text") == ["Frankly, no."]
+
+
+def test_a_savedmodel_that_is_not_an_export_is_a_user_error(tmp_path, capsys):
+    # Before: KeyError: 'metadata' (a traceback).
+    class Doubler(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def double(self, x):
+            return {"y": x * 2}
+
+    module = Doubler()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures=module.double)
+    assert main(["predict", str(tmp_path / "sm"), "a fine film"]) == 2
+    err = capsys.readouterr().err
+    assert "not a kt-pipeline export" in err and "kt-pipeline export" in err
