@@ -127,6 +127,8 @@ def load_yaml(path: str) -> dict:
 
     if not tf.io.gfile.exists(path):
         raise ConfigError(f"config file not found: {path}")
+    if tf.io.gfile.isdir(path):
+        raise ConfigError(f"config file {path} is a folder; pass a YAML file")
     with tf.io.gfile.GFile(path, "r") as f:
         try:
             data = yaml.safe_load(f.read()) or {}

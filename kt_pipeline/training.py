@@ -516,6 +516,9 @@ def train(cfg: TrainConfig, extra_callbacks: Optional[list] = None, verbose=None
 def _train(cfg, chosen, policy, started, extra_callbacks, verbose) -> dict:
     from kt_pipeline import encoders, reader
 
+    if tf.io.gfile.exists(cfg.model_dir) and not tf.io.gfile.isdir(cfg.model_dir):
+        raise ConfigError(f"--model-dir {cfg.model_dir} is a file; pass a folder (created if "
+                          "missing)")
     manifest = reader.load_manifest(cfg.cache_dir)
     labels = list(manifest.get("labels") or [])
     if len(labels) < 2:

@@ -429,3 +429,16 @@ def test_evaluate_refuses_a_max_seq_length_beyond_the_positions(demo_cache, samp
                    "--max-seq-length", "1024"])
     err = capsys.readouterr().err
     assert rc == 2 and "--max-seq-length 512 or less" in err and "Traceback" not in err
+
+
+def test_model_dir_or_config_of_the_wrong_kind_is_a_user_error(demo_cache, tmp_path, capsys):
+    # Before: FailedPreconditionError tracebacks ("is not a directory", "Is a directory").
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    rc = cli.main(["train", "--cache", demo_cache, "--model-dir", str(a_file), "--epochs", "1",
+                   "--strategy", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--model-dir {a_file} is a file" in err and "Traceback" not in err
+    rc = cli.main(["train", "--config", str(tmp_path), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is a folder" in err and "Traceback" not in err
