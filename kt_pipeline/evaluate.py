@@ -99,8 +99,11 @@ def plot_confusion_matrix(matrix, labels: Sequence[str], path: str, title: str =
     return path
 
 
-def predict_probabilities(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(true labels, softmax probabilities) over a ``(features, labels)`` dataset."""
+def predict_probabilities(model, dataset, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """(true labels, softmax probabilities) over a ``(features, labels)`` dataset.
+
+    ``progress``: a :class:`kt_pipeline.progress.Progress` counting examples (closed here).
+    """
     import tensorflow as tf
 
     ys, ps = [], []
@@ -108,6 +111,10 @@ def predict_probabilities(model, dataset) -> tuple[np.ndarray, np.ndarray]:
         logits = model(features, training=False)
         ps.append(tf.nn.softmax(tf.cast(logits, tf.float32)).numpy())
         ys.append(labels.numpy())
+        if progress is not None:
+            progress.update(len(ys[-1]))
+    if progress is not None:
+        progress.close()
     if not ys:
         return np.zeros([0], np.int64), np.zeros([0, model.output_shape[-1]])
     return np.concatenate(ys), np.concatenate(ps)
@@ -157,9 +164,14 @@ def evaluate(
     split: str = "test",
     batch_size: Optional[int] = None,
     max_seq_length: Optional[int] = None,
+    progress: bool = True,
 ) -> dict:
-    """Evaluate ``model_dir`` on ``split`` of ``cache_dir`` (default: the one it trained on)."""
+    """Evaluate ``model_dir`` on ``split`` of ``cache_dir`` (default: the one it trained on).
+
+    ``progress`` counts the examples on stderr (``evaluate <split>: n/N examples``).
+    """
     from kt_pipeline import models, reader
+    from kt_pipeline.progress import Progress
 
     import tensorflow as tf
 
@@ -196,7 +208,8 @@ def evaluate(
                       f"tokens; pass --max-seq-length {limit} or less")
     ds = reader.make_dataset(cache_dir, split, batch_size=int(batch_size or config.get("batch_size") or 32),
                              max_seq_length=seq, padding="bucket", drop_remainder=False)
-    y_true, probs = predict_probabilities(model, ds)
+    bar = Progress(f"evaluate {split}", total=n, unit="examples", enabled=progress)
+    y_true, probs = predict_probabilities(model, ds, bar)
     if (y_true < 0).any():
         raise KtError(f"{cache_dir}: split {split!r} has no labels; it cannot be evaluated")
     bad = int((~np.isfinite(probs).all(axis=1)).sum())

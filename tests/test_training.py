@@ -442,3 +442,15 @@ def test_model_dir_or_config_of_the_wrong_kind_is_a_user_error(demo_cache, tmp_p
     rc = cli.main(["train", "--config", str(tmp_path), "--epochs", "1"])
     err = capsys.readouterr().err
     assert rc == 2 and "is a folder" in err and "Traceback" not in err
+
+
+def test_evaluate_shows_progress_on_stderr(demo_cache, tmp_path, capsys):
+    # The guide: progress on long work. A large split evaluated for minutes in silence.
+    model_dir = str(tmp_path / "run")
+    training.train(TrainConfig(cache_dir=demo_cache, model_dir=model_dir, epochs=1,
+                               max_train_examples=16, **FAST), verbose=0)
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model-dir", model_dir, "--split", "validation"]) == 0
+    captured = capsys.readouterr()
+    assert "evaluate validation: 40/40 examples (100%" in captured.err
+    assert "examples (" not in captured.out  # stdout keeps only the table
