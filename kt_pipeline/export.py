@@ -327,8 +327,11 @@ class ExportedClassifier:
         self.labels = [x.decode("utf-8") for x in facts["labels"].numpy()]
         self.max_seq_length = int(facts["max_seq_length"].numpy())
 
-    def predict(self, texts, batch_size: int = 64) -> dict:
-        """Numpy ``probabilities``, ``label_id`` and ``label`` (str) for a list of texts."""
+    def predict(self, texts, batch_size: int = 64, progress=None) -> dict:
+        """Numpy ``probabilities``, ``label_id`` and ``label`` (str) for a list of texts.
+
+        ``progress``: a :class:`kt_pipeline.progress.Progress` counting texts (closed here).
+        """
         import numpy as np
         import tensorflow as tf
 
@@ -337,6 +340,10 @@ class ExportedClassifier:
         for i in range(0, len(texts), batch_size):
             out = self.serve(text=tf.constant(texts[i : i + batch_size], dtype=tf.string))
             parts.append({k: v.numpy() for k, v in out.items()})
+            if progress is not None:
+                progress.update(len(parts[-1]["label_id"]))
+        if progress is not None:
+            progress.close()
         if not parts:
             return {"probabilities": np.zeros((0, len(self.labels)), np.float32),
                     "label_id": np.zeros((0,), np.int32), "label": []}

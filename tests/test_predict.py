@@ -155,3 +155,13 @@ def test_a_savedmodel_that_is_not_an_export_is_a_user_error(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "sm"), "a fine film"]) == 2
     err = capsys.readouterr().err
     assert "not a kt-pipeline export" in err and "kt-pipeline export" in err
+
+
+def test_many_texts_show_progress_on_stderr_only(export_dir, tmp_path, capsys):
+    lines = tmp_path / "many.txt"
+    lines.write_text("".join(f"text number {i}\n" for i in range(70)), encoding="utf-8")
+    assert main(["predict", export_dir, "--input", str(lines), "--batch-size", "32",
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "predict: 70/70 texts (100%" in captured.err
+    assert len(captured.out.strip().splitlines()) == 70  # stdout: the results only

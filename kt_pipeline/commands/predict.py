@@ -146,8 +146,13 @@ def run(args) -> int:
         raise DataError(f"--batch-size {args.batch_size}: must be >= 1")
     if not texts:
         raise DataError('nothing to predict: pass texts (`predict MODEL "some text"`) or --input FILE')
+    from kt_pipeline.progress import Progress
+
     served = export.load_exported(args.model)
-    result = served.predict(texts, batch_size=args.batch_size)
+    # more than one batch: count the texts on stderr (stdout holds the results)
+    many = len(texts) > args.batch_size
+    bar = Progress("predict", total=len(texts), unit="texts") if many else None
+    result = served.predict(texts, batch_size=args.batch_size, progress=bar)
     if args.json:
         print(json_lines(texts, result, served.labels))
     else:
