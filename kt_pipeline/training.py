@@ -470,17 +470,20 @@ def check_resume_settings(out: str, cfg: TrainConfig) -> None:
 
 
 def clear_stale_results(out: str) -> None:
-    """A new run (not a resumed one) replaces the model, so ``evaluate``'s files describing
-    the old one go; an ``export/`` of it is kept but named (export again)."""
+    """A new run (not a resumed one) replaces the earlier run's model: its checkpoint,
+    summary and ``evaluate``'s files go now, so that a new run killed before its first
+    checkpoint leaves no old model beside the new config.json and labels.json. An
+    ``export/`` of it is kept but named (export again)."""
     if tf.io.gfile.exists(join(out, "backup")):
         return
-    stale = [join(out, "results.json")] + tf.io.gfile.glob(join(out, "confusion_matrix_*.png"))
+    names = [models.BEST_MODEL_FILE, models.FINAL_MODEL_FILE, SUMMARY_FILE, "results.json"]
+    stale = [join(out, n) for n in names] + tf.io.gfile.glob(join(out, "confusion_matrix_*.png"))
     removed = [p for p in stale if tf.io.gfile.exists(p)]
     for path in removed:
         tf.io.gfile.remove(path)
     if removed:
-        print(f"note: removed {len(removed)} evaluate result(s) of an earlier run in {out}",
-              file=sys.stderr)
+        print(f"note: a new run in {out}: removed the earlier run's "
+              f"{', '.join(p.rsplit('/', 1)[-1] for p in removed)}", file=sys.stderr)
     if tf.io.gfile.exists(join(out, "export", "saved_model.pb")):
         print(f"note: {join(out, 'export')} holds an earlier run's model; run `kt-pipeline "
               f"export --model-dir {out}` after this run to replace it", file=sys.stderr)

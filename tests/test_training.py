@@ -392,7 +392,7 @@ def test_a_new_run_in_a_model_dir_drops_the_old_runs_evaluation(demo_cache, tmp_
     training.train(TrainConfig(**{**cfg.to_dict(), "pooling": "cls"}), verbose=0)
     assert not tf.io.gfile.exists(f"{model_dir}/results.json")
     assert not tf.io.gfile.exists(f"{model_dir}/confusion_matrix_validation.png")
-    assert "evaluate result" in capsys.readouterr().err
+    assert "removed the earlier run's" in capsys.readouterr().err
 
 
 def test_max_seq_length_beyond_the_encoders_positions_is_refused(sample_csv, tiny_preset,
@@ -454,3 +454,36 @@ def test_evaluate_shows_progress_on_stderr(demo_cache, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "evaluate validation: 40/40 examples (100%" in captured.err
     assert "examples (" not in captured.out  # stdout keeps only the table
+
+
+KILL_AT_FIRST_STEP = textwrap.dedent("""
+    import json, os, sys
+    import keras
+    from kt_pipeline import training
+    from kt_pipeline.config import TrainConfig
+
+    class KillAtFirstStep(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            os._exit(17)
+
+    training.train(TrainConfig(**json.loads(sys.argv[1])), extra_callbacks=[KillAtFirstStep()])
+""")
+
+
+def test_a_new_run_killed_before_its_first_checkpoint_leaves_no_old_model(demo_cache,
+                                                                          tmp_path):
+    # Before: the earlier run's best.keras and train_summary.json stayed beside the new
+    # run's config.json/labels.json, and export/evaluate used that mix.
+    model_dir = str(tmp_path / "run")
+    cfg = TrainConfig(cache_dir=demo_cache, model_dir=model_dir, epochs=1,
+                      max_train_examples=16, **FAST)
+    training.train(cfg, verbose=0)
+    assert tf.io.gfile.exists(f"{model_dir}/best.keras")
+    second = TrainConfig(**{**cfg.to_dict(), "pooling": "cls", "max_seq_length": 16})
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_FIRST_STEP, json.dumps(second.to_dict())],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 17, proc.stderr[-3000:]
+    assert json.loads(open(f"{model_dir}/config.json").read())["pooling"] == "cls"
+    assert not tf.io.gfile.exists(f"{model_dir}/best.keras")
+    assert not tf.io.gfile.exists(f"{model_dir}/train_summary.json")
