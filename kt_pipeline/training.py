@@ -547,10 +547,6 @@ def _train(cfg, chosen, policy, started, extra_callbacks, verbose) -> dict:
 
     out = output_dir(cfg.model_dir, chosen)
     check_resume_settings(out, cfg)
-    clear_stale_results(out)
-    tf.io.gfile.makedirs(out)
-    write_text(join(out, CONFIG_FILE), cfg.to_json())
-    models.save_labels(out, labels)
 
     total_steps = data.steps_per_epoch * cfg.epochs
     warmup = optim.resolve_warmup(total_steps, cfg.warmup_steps, cfg.warmup_fraction)
@@ -568,6 +564,11 @@ def _train(cfg, chosen, policy, started, extra_callbacks, verbose) -> dict:
         compile_classifier(model, opt, cfg.jit_compile)
     if chosen.kind == "multiworker":
         patch_for_multiworker(model)
+    # Only now, with every setting checked, does the model dir change.
+    clear_stale_results(out)
+    tf.io.gfile.makedirs(out)
+    write_text(join(out, CONFIG_FILE), cfg.to_json())
+    models.save_labels(out, labels)
 
     callbacks = standard_callbacks(out, monitor, data.steps_per_epoch, cfg.early_stopping_patience)
     guard = callbacks[-1]

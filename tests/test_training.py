@@ -487,3 +487,19 @@ def test_a_new_run_killed_before_its_first_checkpoint_leaves_no_old_model(demo_c
     assert json.loads(open(f"{model_dir}/config.json").read())["pooling"] == "cls"
     assert not tf.io.gfile.exists(f"{model_dir}/best.keras")
     assert not tf.io.gfile.exists(f"{model_dir}/train_summary.json")
+
+
+@pytest.mark.parametrize("override", ["warmup_fraction=2", "clipnorm=-1"])
+def test_a_refused_setting_leaves_the_model_dir_as_it_was(override, demo_cache, tmp_path):
+    # Before: config.json was rewritten with the refused setting before it was checked
+    # (and export then read that run's max_seq_length/preset beside the old best.keras).
+    model_dir = str(tmp_path / "run")
+    cfg = TrainConfig(cache_dir=demo_cache, model_dir=model_dir, epochs=1,
+                      max_train_examples=16, **FAST)
+    training.train(cfg, verbose=0)
+    before = {name: open(f"{model_dir}/{name}", "rb").read()
+              for name in ("config.json", "best.keras", "train_summary.json")}
+    bad = apply_overrides(TrainConfig(**{**cfg.to_dict(), "max_seq_length": 16}), [override])
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        training.train(bad, verbose=0)
+    assert {name: open(f"{model_dir}/{name}", "rb").read() for name in before} == before
