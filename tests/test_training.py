@@ -232,9 +232,14 @@ def test_null_for_a_required_setting_is_a_user_error(override, tmp_path, capsys)
                    "--set", override])
     err = capsys.readouterr().err
     assert rc == 2 and "error:" in err and "Traceback" not in err
-    # Optional settings still take null.
+    # Optional settings still take null, and a text setting the empty string.
     cfg = apply_overrides(TrainConfig(warmup_fraction=0.1), ["warmup_fraction=null"])
     assert cfg.warmup_fraction is None
+    from kt_pipeline import search_config
+
+    pdnc = os.path.join(os.path.dirname(__file__), "..", "tuning", "pdnc.yaml")
+    space = search_config.load_config(pdnc).space  # projection_hidden: [..., ""]
+    assert "" in space["projection_hidden"].values
 
 
 def test_unknown_monitor_is_refused_before_training(demo_cache, tmp_path, capsys):
