@@ -62,11 +62,17 @@ class TrainConfig:
 
 def _coerce(value: Any, current: Any, field: dataclasses.Field) -> Any:
     """Parse a string override into the field's type (YAML rules: true, 1e-5, null)."""
+    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+    optional = "Optional" in kind or "None" in kind or "Any" in kind or field.default is None
+    if value == "" and kind == "str":
+        return ""  # e.g. projection_hidden="" (no hidden layer)
     if isinstance(value, str):
         value = yaml.safe_load(value) if value != "" else None
     if value is None:
-        return None
-    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+        if optional:
+            return None
+        raise ConfigError(f"{field.name}=null: expected {kind}; give a value or leave it out "
+                          f"(default {field.default!r})")
     try:
         if "bool" in kind:
             if isinstance(value, bool):
@@ -124,6 +130,8 @@ def load_yaml(path: str) -> dict:
 
     if not tf.io.gfile.exists(path):
         raise ConfigError(f"config file not found: {path}")
+    if tf.io.gfile.isdir(path):
+        raise ConfigError(f"config file {path} is a folder; pass a YAML file")
     with tf.io.gfile.GFile(path, "r") as f:
         try:
             data = yaml.safe_load(f.read()) or {}

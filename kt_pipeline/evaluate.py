@@ -99,8 +99,11 @@ def plot_confusion_matrix(matrix, labels: Sequence[str], path: str, title: str =
     return path
 
 
-def predict_probabilities(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(true labels, softmax probabilities) over a ``(features, labels)`` dataset."""
+def predict_probabilities(model, dataset, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """(true labels, softmax probabilities) over a ``(features, labels)`` dataset.
+
+    ``progress``: a :class:`kt_pipeline.progress.Progress` counting examples (closed here).
+    """
     import tensorflow as tf
 
     ys, ps = [], []
@@ -108,6 +111,10 @@ def predict_probabilities(model, dataset) -> tuple[np.ndarray, np.ndarray]:
         logits = model(features, training=False)
         ps.append(tf.nn.softmax(tf.cast(logits, tf.float32)).numpy())
         ys.append(labels.numpy())
+        if progress is not None:
+            progress.update(len(ys[-1]))
+    if progress is not None:
+        progress.close()
     if not ys:
         return np.zeros([0], np.int64), np.zeros([0, model.output_shape[-1]])
     return np.concatenate(ys), np.concatenate(ps)
@@ -122,18 +129,56 @@ def _read_json(path: str) -> Optional[dict]:
         return json.loads(f.read())
 
 
+def check_tokenizer(model_dir: str, config: dict, cache_dir: str, manifest: dict) -> None:
+    """The cache's token ids must come from the tokenizer the model was trained with.
+
+    Compared with the training cache's manifest, else (that cache gone) with the trained
+    preset's tokenizer.
+    """
+    from kt_pipeline import encoders
+
+    have = manifest.get("tokenizer")
+    trained_on = (config.get("cache_dir") or "").rstrip("/")
+    if not have or not trained_on or trained_on == cache_dir.rstrip("/"):
+        return
+    try:
+        want = (_read_json(f"{trained_on}/manifest.json") or {}).get("tokenizer")
+    except Exception:  # a training cache that moved or went away
+        want = None
+    summary = _read_json(f"{model_dir}/train_summary.json") or {}
+    preset = summary.get("preset") or config.get("preset")
+    if not want:
+        want = encoders.tokenizer_fingerprint(encoders.load_tokenizer(preset))
+    if encoders.fingerprint_digest(want) != encoders.fingerprint_digest(have):
+        raise KtError(
+            f"{cache_dir} was tokenized with another tokenizer than {model_dir} was trained "
+            f"with ({have.get('class')} vs {want.get('class')}, vocabulary "
+            f"{have.get('vocabulary_size')} vs {want.get('vocabulary_size')}); evaluate on a "
+            f"cache built with `build-tfrecords --preset {preset or 'default'}`"
+        )
+
+
 def evaluate(
     model_dir: str,
     cache_dir: Optional[str] = None,
     split: str = "test",
     batch_size: Optional[int] = None,
     max_seq_length: Optional[int] = None,
+    progress: bool = True,
 ) -> dict:
-    """Evaluate ``model_dir`` on ``split`` of ``cache_dir`` (default: the one it trained on)."""
+    """Evaluate ``model_dir`` on ``split`` of ``cache_dir`` (default: the one it trained on).
+
+    ``progress`` counts the examples on stderr (``evaluate <split>: n/N examples``).
+    """
     from kt_pipeline import models, reader
+    from kt_pipeline.progress import Progress
 
     import tensorflow as tf
 
+    if batch_size is not None and batch_size < 1:
+        raise KtError(f"--batch-size {batch_size}: must be >= 1")
+    if max_seq_length is not None and max_seq_length < 3:
+        raise KtError(f"--max-seq-length {max_seq_length}: needs room for [CLS] x [SEP] (>= 3)")
     model_dir = model_dir.rstrip("/")
     if not tf.io.gfile.isdir(model_dir):
         raise KtError(f"model dir not found: {model_dir} (train one with `kt-pipeline train`)")
@@ -149,6 +194,7 @@ def evaluate(
             f"{manifest.get('labels')}; evaluate on a cache built with the same labels "
             "(build-tfrecords --labels ...)"
         )
+    check_tokenizer(model_dir, config, cache_dir, manifest)
     n = int(manifest["counts"]["written"].get(split, 0))
     if n == 0:
         raise KtError(f"{cache_dir}: split {split!r} is empty; choose another --split "
@@ -156,11 +202,23 @@ def evaluate(
     model = models.load_classifier(model_dir)
     seq = int(max_seq_length or config.get("max_seq_length") or 128)
     seq = min(seq, int(manifest["max_length"]))
+    limit = models.position_limit(model)
+    if limit and seq > limit:
+        raise KtError(f"--max-seq-length {seq}: the encoder has position embeddings for {limit} "
+                      f"tokens; pass --max-seq-length {limit} or less")
     ds = reader.make_dataset(cache_dir, split, batch_size=int(batch_size or config.get("batch_size") or 32),
                              max_seq_length=seq, padding="bucket", drop_remainder=False)
-    y_true, probs = predict_probabilities(model, ds)
+    bar = Progress(f"evaluate {split}", total=n, unit="examples", enabled=progress)
+    y_true, probs = predict_probabilities(model, ds, bar)
     if (y_true < 0).any():
         raise KtError(f"{cache_dir}: split {split!r} has no labels; it cannot be evaluated")
+    bad = int((~np.isfinite(probs).all(axis=1)).sum())
+    if bad:
+        raise KtError(
+            f"{models.saved_model_path(model_dir)} gives NaN/inf for {bad} of {len(probs)} "
+            f"{split} examples: its weights are not finite (a diverged run); retrain with a "
+            "lower learning_rate or clipnorm"
+        )
     res = compute_metrics(y_true, probs, labels)
     png = f"{model_dir}/confusion_matrix_{split}.png"
     plot_confusion_matrix(res["confusion_matrix"], labels, png,

@@ -112,6 +112,8 @@ def _prepare_output_dir(output_dir: str) -> None:
 
     if not tf.io.gfile.exists(output_dir):
         return
+    if not tf.io.gfile.isdir(output_dir):
+        raise ExportError(f"{output_dir} is a file, not a folder; choose another --output")
     entries = tf.io.gfile.listdir(output_dir)
     if not entries:
         return
@@ -165,6 +167,15 @@ def export_saved_model(
         )
     if max_seq_length < 3:
         raise ExportError(f"max_seq_length={max_seq_length}: needs room for start, text, end")
+    from kt_pipeline.models import position_limit
+
+    limit = position_limit(model)
+    if limit and max_seq_length > limit:
+        raise ExportError(
+            f"max_seq_length={max_seq_length}: the encoder has position embeddings for "
+            f"{limit} tokens, so longer texts would fail when served; pass --max-seq-length "
+            f"{limit} or less"
+        )
     output_dir = output_dir.rstrip("/")
     _prepare_output_dir(output_dir)
 
@@ -269,6 +280,8 @@ def export_model_dir(
     model_file = models.saved_model_path(model_dir)  # KtError when training never saved
     labels = models.load_labels(model_dir)
     settings = run_settings(model_dir)
+    if max_seq_length is not None and max_seq_length < 3:
+        raise ExportError(f"--max-seq-length {max_seq_length}: needs room for start, text, end")
     max_seq_length = int(max_seq_length or settings["max_seq_length"] or 0)
     if not max_seq_length:
         raise ExportError(
@@ -301,13 +314,24 @@ class ExportedClassifier:
 
         self.path = path
         self.module = tf.saved_model.load(path)
+        missing = {SIGNATURE, METADATA_SIGNATURE} - set(self.module.signatures)
+        if missing:
+            has = ", ".join(self.module.signatures) or "none"
+            raise ExportError(
+                f"{path} is a SavedModel but not a kt-pipeline export (no signature "
+                f"{', '.join(sorted(missing))}; it has {has}); make one with "
+                "`kt-pipeline export --model-dir MODEL_DIR`"
+            )
         self.serve = self.module.signatures[SIGNATURE]
         facts = self.module.signatures[METADATA_SIGNATURE]()
         self.labels = [x.decode("utf-8") for x in facts["labels"].numpy()]
         self.max_seq_length = int(facts["max_seq_length"].numpy())
 
-    def predict(self, texts, batch_size: int = 64) -> dict:
-        """Numpy ``probabilities``, ``label_id`` and ``label`` (str) for a list of texts."""
+    def predict(self, texts, batch_size: int = 64, progress=None) -> dict:
+        """Numpy ``probabilities``, ``label_id`` and ``label`` (str) for a list of texts.
+
+        ``progress``: a :class:`kt_pipeline.progress.Progress` counting texts (closed here).
+        """
         import numpy as np
         import tensorflow as tf
 
@@ -316,6 +340,10 @@ class ExportedClassifier:
         for i in range(0, len(texts), batch_size):
             out = self.serve(text=tf.constant(texts[i : i + batch_size], dtype=tf.string))
             parts.append({k: v.numpy() for k, v in out.items()})
+            if progress is not None:
+                progress.update(len(parts[-1]["label_id"]))
+        if progress is not None:
+            progress.close()
         if not parts:
             return {"probabilities": np.zeros((0, len(self.labels)), np.float32),
                     "label_id": np.zeros((0,), np.int32), "label": []}

@@ -166,6 +166,13 @@ def build_classifier(
     )
 
 
+def position_limit(model):
+    """The most tokens a backbone (or a classifier's) has positions for (None: unknown)."""
+    limits = [int(layer.max_sequence_length) for layer in model._flatten_layers()
+              if isinstance(getattr(layer, "max_sequence_length", None), int)]
+    return min(limits) if limits else None
+
+
 def clear_for_overwrite(path: str) -> None:
     """Remove ``path`` before it is rewritten when the filesystem would append instead.
 

@@ -50,6 +50,7 @@ from kt_pipeline.config import TrainConfig  # noqa: E402
 from kt_pipeline.errors import ConfigError, KtError  # noqa: E402
 
 PADDINGS = ("bucket", "dynamic", "fixed")
+MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")  # what ``fit`` logs
 HISTORY_FILE = "history.csv"
 SUMMARY_FILE = "train_summary.json"
 CONFIG_FILE = "config.json"
@@ -78,9 +79,15 @@ def validate_config(cfg: TrainConfig) -> None:
     if cfg.padding not in PADDINGS:
         raise ConfigError(f"padding={cfg.padding!r}: expected one of {', '.join(PADDINGS)}")
     strategies.check_name(cfg.strategy)
+    if cfg.monitor not in MONITORS:
+        raise ConfigError(f"monitor={cfg.monitor!r}: expected one of {', '.join(MONITORS)} "
+                          "(the metrics training logs; nothing else could pick best.keras)")
     for name in ("epochs", "batch_size", "max_seq_length"):
         if getattr(cfg, name) is None or getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be >= 1")
+    if cfg.max_train_examples is not None and cfg.max_train_examples < 1:
+        raise ConfigError(f"max_train_examples={cfg.max_train_examples}: must be >= 1 "
+                          "(or null for all train examples)")
     if cfg.max_seq_length < 3:
         raise ConfigError(f"max_seq_length={cfg.max_seq_length}: needs room for [CLS] x [SEP]")
     if not 0.0 <= cfg.dropout < 1.0:
@@ -355,6 +362,8 @@ class BestCheckpoint(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         if value is None or not np.isfinite(float(value)):
             return
+        if not np.isfinite(float((logs or {}).get("loss", 0.0))):
+            return  # diverged (NaNGuard stops the run): the weights are NaN, whatever the monitor
         value = float(value)
         better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
         if better:
@@ -433,6 +442,53 @@ def check_tokenizer(preset, manifest: dict, cache_dir: str) -> None:
         )
 
 
+# Settings a resumed run may change: where it runs, not what it trains.
+RESUME_FREE = ("model_dir", "strategy", "jit_compile")
+
+
+def check_resume_settings(out: str, cfg: TrainConfig) -> None:
+    """A run that resumes from ``backup/`` must have the settings it started with.
+
+    Otherwise Keras restores what still fits (weights) and drops what does not (the
+    optimizer state, when ``freeze_body`` changes), and the schedule of one run goes on
+    with the step counts of another.
+    """
+    path = join(out, CONFIG_FILE)
+    if not (tf.io.gfile.exists(join(out, "backup")) and tf.io.gfile.exists(path)):
+        return
+    with tf.io.gfile.GFile(path, "r") as f:
+        before = json.loads(f.read())
+    now = cfg.to_dict()
+    changed = [f"{k} {before[k]!r} -> {now[k]!r}" for k in now
+               if k not in RESUME_FREE and k in before and before[k] != now[k]]
+    if changed:
+        raise ConfigError(
+            f"{out} holds an unfinished run (backup/) with other settings: {'; '.join(changed)}. "
+            f"Rerun with its settings ({path}) to resume it, or start over in a new "
+            f"--model-dir or after deleting {join(out, 'backup')}"
+        )
+
+
+def clear_stale_results(out: str) -> None:
+    """A new run (not a resumed one) replaces the earlier run's model: its checkpoint,
+    summary and ``evaluate``'s files go now, so that a new run killed before its first
+    checkpoint leaves no old model beside the new config.json and labels.json. An
+    ``export/`` of it is kept but named (export again)."""
+    if tf.io.gfile.exists(join(out, "backup")):
+        return
+    names = [models.BEST_MODEL_FILE, models.FINAL_MODEL_FILE, SUMMARY_FILE, "results.json"]
+    stale = [join(out, n) for n in names] + tf.io.gfile.glob(join(out, "confusion_matrix_*.png"))
+    removed = [p for p in stale if tf.io.gfile.exists(p)]
+    for path in removed:
+        tf.io.gfile.remove(path)
+    if removed:
+        print(f"note: a new run in {out}: removed the earlier run's "
+              f"{', '.join(p.rsplit('/', 1)[-1] for p in removed)}", file=sys.stderr)
+    if tf.io.gfile.exists(join(out, "export", "saved_model.pb")):
+        print(f"note: {join(out, 'export')} holds an earlier run's model; run `kt-pipeline "
+              f"export --model-dir {out}` after this run to replace it", file=sys.stderr)
+
+
 def output_dir(model_dir: str, chosen) -> str:
     """Non-chief workers of a multi-worker run write under ``<model_dir>/workers/<i>``."""
     return model_dir if chosen.is_chief else join(model_dir, "workers", str(chosen.task_index))
@@ -463,12 +519,16 @@ def train(cfg: TrainConfig, extra_callbacks: Optional[list] = None, verbose=None
 def _train(cfg, chosen, policy, started, extra_callbacks, verbose) -> dict:
     from kt_pipeline import encoders, reader
 
+    if tf.io.gfile.exists(cfg.model_dir) and not tf.io.gfile.isdir(cfg.model_dir):
+        raise ConfigError(f"--model-dir {cfg.model_dir} is a file; pass a folder (created if "
+                          "missing)")
     manifest = reader.load_manifest(cfg.cache_dir)
     labels = list(manifest.get("labels") or [])
     if len(labels) < 2:
         raise KtError(
             f"{cfg.cache_dir}: the cache has labels {labels}; classification needs a label "
-            "column with at least 2 values (rebuild with --label-column)"
+            "column with at least 2 values (rebuild it with build-tfrecords --label-col "
+            "COLUMN, from data with 2 or more labels)"
         )
     seq = effective_max_seq_length(cfg, manifest)
     if seq != cfg.max_seq_length:
@@ -486,20 +546,29 @@ def _train(cfg, chosen, policy, started, extra_callbacks, verbose) -> dict:
         monitor = monitor[4:]
 
     out = output_dir(cfg.model_dir, chosen)
-    tf.io.gfile.makedirs(out)
-    write_text(join(out, CONFIG_FILE), cfg.to_json())
-    models.save_labels(out, labels)
+    check_resume_settings(out, cfg)
 
     total_steps = data.steps_per_epoch * cfg.epochs
     warmup = optim.resolve_warmup(total_steps, cfg.warmup_steps, cfg.warmup_fraction)
     with chosen.strategy.scope():
         backbone = encoders.load_backbone(preset)
+        limit = models.position_limit(backbone)
+        if limit and cfg.max_seq_length > limit:
+            raise ConfigError(
+                f"max_seq_length={cfg.max_seq_length}: the encoder has position embeddings "
+                f"for {limit} tokens; pass --max-seq-length {limit} or less"
+            )
         model = models.build_classifier(backbone, len(labels), cfg.pooling, cfg.dropout, cfg.freeze_body)
         opt = optim.build_optimizer(cfg.learning_rate, warmup, total_steps, cfg.decay,
                                     cfg.weight_decay, cfg.clipnorm)
         compile_classifier(model, opt, cfg.jit_compile)
     if chosen.kind == "multiworker":
         patch_for_multiworker(model)
+    # Only now, with every setting checked, does the model dir change.
+    clear_stale_results(out)
+    tf.io.gfile.makedirs(out)
+    write_text(join(out, CONFIG_FILE), cfg.to_json())
+    models.save_labels(out, labels)
 
     callbacks = standard_callbacks(out, monitor, data.steps_per_epoch, cfg.early_stopping_patience)
     guard = callbacks[-1]

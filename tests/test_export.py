@@ -199,3 +199,34 @@ def test_export_of_a_real_training_run(tiny_preset, sample_csv, tmp_path):
         export.export_model_dir(cfg.model_dir, preset=other)
     with pytest.raises(export.ExportError, match="pass --preset"):
         export.export_model_dir(cfg.model_dir, preset=str(tmp_path / "moved"))
+
+
+def test_max_seq_length_beyond_the_position_embeddings_is_refused(exported, tmp_path):
+    # Before: the export succeeded and every text longer than the encoder's positions
+    # failed when served ("Expected size[0] in [0, 512]").
+    model, tokenizer, _ = exported
+    limit = next(layer.max_sequence_length for layer in model.layers
+                 if hasattr(layer, "max_sequence_length"))  # the backbone's positions
+    with pytest.raises(export.ExportError, match=f"--max-seq-length {limit} or less"):
+        export.export_saved_model(model, tokenizer, LABELS, limit + 1, str(tmp_path / "long"))
+    assert not tf.io.gfile.exists(str(tmp_path / "long"))
+
+
+def test_export_command_refuses_max_seq_length_zero(exported, tiny_preset, tmp_path, capsys):
+    # Before: 0 was taken as "not given" and the trained length exported instead.
+    model, _, _ = exported
+    run = tmp_path / "run"
+    write_model_dir(run, model, tiny_preset)
+    assert main(["export", "--model-dir", str(run), "--max-seq-length", "0"]) == 2
+    assert "--max-seq-length 0" in capsys.readouterr().err
+    assert not (run / "export").exists()
+
+
+def test_output_that_is_a_file_is_refused(exported, tmp_path):
+    # Before: tf.io.gfile.listdir's NotFoundError ("Could not find directory"), a traceback.
+    model, tokenizer, _ = exported
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"not a folder")
+    with pytest.raises(export.ExportError, match="is a file"):
+        export.export_saved_model(model, tokenizer, LABELS, MAX_LEN, str(target))
+    assert target.read_bytes() == b"not a folder"

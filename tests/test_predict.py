@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kt_pipeline import encoders, export, models
 from kt_pipeline.cli import main
@@ -123,3 +124,44 @@ def test_predict_loads_without_keras_hub_or_model_code(export_dir, served):
     row, status = [json.loads(x) for x in proc.stdout.strip().splitlines()[-2:]]
     assert status == {"rc": 0, "loaded": []}
     assert row["label"] == served.predict(["the film was great"])["label"][0]
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_batch_size_below_one_is_a_user_error(export_dir, size, capsys):
+    # Before: range() arg 3 must not be zero / an IndexError, as tracebacks.
+    assert main(["predict", export_dir, "a fine film", "--batch-size", size]) == 2
+    err = capsys.readouterr().err
+    assert f"--batch-size {size}" in err and "Traceback" not in err
+
+
+def test_a_csv_input_without_text_col_is_refused(tmp_path):
+    # Before: each raw line, the header included, was labelled as a text.
+    csv_file = tmp_path / "reviews.csv"
+    csv_file.write_text('text,label\n"Frankly, no.",negative\n')
+    with pytest.raises(predict.DataError, match=r"--text-col.*header: text, label"):
+        predict.read_texts(str(csv_file))
+    assert predict.read_texts(str(csv_file), "text") == ["Frankly, no."]
+
+
+def test_a_savedmodel_that_is_not_an_export_is_a_user_error(tmp_path, capsys):
+    # Before: KeyError: 'metadata' (a traceback).
+    class Doubler(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def double(self, x):
+            return {"y": x * 2}
+
+    module = Doubler()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures=module.double)
+    assert main(["predict", str(tmp_path / "sm"), "a fine film"]) == 2
+    err = capsys.readouterr().err
+    assert "not a kt-pipeline export" in err and "kt-pipeline export" in err
+
+
+def test_many_texts_show_progress_on_stderr_only(export_dir, tmp_path, capsys):
+    lines = tmp_path / "many.txt"
+    lines.write_text("".join(f"text number {i}\n" for i in range(70)), encoding="utf-8")
+    assert main(["predict", export_dir, "--input", str(lines), "--batch-size", "32",
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "predict: 70/70 texts (100%" in captured.err
+    assert len(captured.out.strip().splitlines()) == 70  # stdout: the results only

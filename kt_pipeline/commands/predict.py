@@ -66,10 +66,16 @@ def read_texts(path: str, text_col: str | None = None) -> list[str]:
     ['good, really', 'bad']
     """
     text = _read(path)
-    if text_col is None:
-        return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
     first = text.split("\n", 1)[0]
     delimiter = "\t" if path.endswith(".tsv") or first.count("\t") > first.count(",") else ","
+    if text_col is None:
+        if path.lower().endswith((".csv", ".tsv")):
+            columns = next(csv.reader([first], delimiter=delimiter), [])
+            raise DataError(
+                f"--input {path} is a {path[-3:].upper()} file: pass --text-col with the "
+                f"column holding the texts (header: {', '.join(columns) or 'none'})"
+            )
+        return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
     columns = reader.fieldnames or []
     if text_col not in columns:
@@ -136,10 +142,17 @@ def run(args) -> int:
         texts += read_texts(args.input, args.text_col)
     elif args.text_col:
         raise DataError("--text-col needs --input FILE")
+    if args.batch_size < 1:
+        raise DataError(f"--batch-size {args.batch_size}: must be >= 1")
     if not texts:
         raise DataError('nothing to predict: pass texts (`predict MODEL "some text"`) or --input FILE')
+    from kt_pipeline.progress import Progress
+
     served = export.load_exported(args.model)
-    result = served.predict(texts, batch_size=args.batch_size)
+    # more than one batch: count the texts on stderr (stdout holds the results)
+    many = len(texts) > args.batch_size
+    bar = Progress("predict", total=len(texts), unit="texts") if many else None
+    result = served.predict(texts, batch_size=args.batch_size, progress=bar)
     if args.json:
         print(json_lines(texts, result, served.labels))
     else:

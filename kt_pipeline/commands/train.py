@@ -64,9 +64,10 @@ def resolve_config(args):
         if value is not None:
             setattr(cfg, field, value)
     cfg = apply_overrides(cfg, args.overrides)
-    if not args.config and args.cache_dir is None:
+    given = {item.split("=", 1)[0].strip() for item in args.overrides}
+    if not args.config and args.cache_dir is None and "cache_dir" not in given:
         raise ConfigError("--cache is required (or give cache_dir in --config)")
-    if not args.config and args.model_dir is None:
+    if not args.config and args.model_dir is None and "model_dir" not in given:
         raise ConfigError("--model-dir is required (or give model_dir in --config)")
     return cfg
 
