@@ -180,6 +180,9 @@ def parse_param(name: str, spec: Any, source: str = "space",
         if not isinstance(values, (list, tuple)) or not values:
             raise ConfigError(f"{where}.values: expected a non-empty list, got {values!r}")
         values = list(values)
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) == len(values) and any(isinstance(v, float) for v in numbers):
+            values = [float(v) for v in values]  # [0, 0.1]: keras-tuner takes one type only
         if len(set(map(repr, values))) != len(values):
             raise ConfigError(f"{where}.values: {values} has duplicates")
         return ParamSpec(name, "choice", values=values)
@@ -195,10 +198,14 @@ def parse_param(name: str, spec: Any, source: str = "space",
         raise ConfigError(f"{where}.sampling={sampling!r}: expected one of {', '.join(SAMPLINGS)}")
     if sampling == "log" and lo <= 0:
         raise ConfigError(f"{where}: log sampling needs min > 0 (got {lo})")
+    step = spec.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float))
+                             or step <= 0):
+        raise ConfigError(f"{where}.step={step!r}: expected a number > 0 (or no step)")
     ints = _INT_FIELDS if int_fields is None else int_fields
     integer = all(isinstance(v, int) for v in (lo, hi)) and name in ints
     return ParamSpec(name, "int" if integer else "float", min=lo, max=hi,
-                     sampling=sampling, step=spec.get("step"))
+                     sampling=sampling, step=step)
 
 
 _INT_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if "int" in str(f.type)

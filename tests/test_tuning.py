@@ -102,10 +102,26 @@ def test_overrides_flags_and_space_kinds(tmp_path):
     ("space.max_seq_length=[1024]", "data.max_length"),
     ("space.learning_rate={min: 0, max: 1, sampling: log}", "min > 0"),
     ("bogus.key=1", "unknown section"),
+    ("space.learning_rate={min: 1.0e-4, max: 1.0e-3, step: 0}", "step"),
+    ("space.dropout={min: 0.0, max: 0.3, step: -0.1}", "step"),
 ])
 def test_bad_settings_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         search_config.build_config({"data": {"input": "x.csv"}}, [override])
+
+
+@pytest.mark.parametrize("override", ["space.dropout=[0, 0.1]",
+                                      "space.warmup_fraction=[0, 0.1]"])
+def test_int_and_float_choices_register(override):
+    """[0, 0.1] is a choice of floats (keras-tuner's Choice takes a single type)."""
+    import keras_tuner
+
+    cfg = search_config.build_config({"data": {"input": "x.csv"}}, [override])
+    hp = keras_tuner.HyperParameters()
+    for p in cfg.space.values():
+        p.register(hp)
+    name = override.split("=")[0].split(".")[1]
+    assert hp.get(name) in (0.0, 0.1) and isinstance(hp.get(name), float)
 
 
 def test_shipped_configs_parse():
