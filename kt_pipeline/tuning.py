@@ -506,6 +506,40 @@ def clear_results(search_dir: str) -> None:
             tf.io.gfile.remove(path)
 
 
+# Settings a continued search may change: the budget and the output, not what a trial is.
+MAY_CHANGE = ("name", "search_dir", "tuner.max_trials", "tuner.verbose",
+              "tuner.max_consecutive_failed_trials", "tuner.max_retries_per_trial")
+
+
+def _flat(d, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_same_search(cfg: SearchConfig) -> None:
+    """Refuse to continue a search in ``cfg.search_dir`` that was started with another
+    config (keras-tuner would reuse its trials and report them as this config's)."""
+    path = join(cfg.search_dir, "search_config.yaml")
+    if not (tf.io.gfile.exists(path)
+            and tf.io.gfile.exists(join(project_dir(cfg.search_dir), "oracle.json"))):
+        return
+    with tf.io.gfile.GFile(path, "r") as f:
+        old = _flat(yaml.safe_load(f.read()) or {})
+    new = _flat(yaml.safe_load(yaml.safe_dump(cfg.to_dict())) or {})
+    changed = [k for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and k not in MAY_CHANGE]
+    if changed:
+        what = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+        raise ConfigError(
+            f"{cfg.search_dir} holds a search started with another config ({what}); run "
+            "the same config to continue it, --restart to start over, or use another "
+            "search_dir")
+
+
 def write_config(cfg: SearchConfig) -> str:
     path = join(cfg.search_dir, "search_config.yaml")
     models.write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -523,6 +557,8 @@ def run_search(cfg: SearchConfig, restart: bool = False, verbose: Optional[int] 
     if restart and is_worker():
         raise ConfigError("--restart is for the chief (or a single process), not a worker")
     speaker = cfg.task == SPEAKER_TASK
+    if not restart and not is_worker():
+        check_same_search(cfg)
     manifest = None if speaker else prepare_cache(cfg)
     if restart:
         clear_results(cfg.search_dir)

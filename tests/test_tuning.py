@@ -279,6 +279,27 @@ def test_restart_starts_over(tiny_cache, tiny_preset, tmp_path):
     assert len(results["rows"]) == 1
 
 
+def test_a_changed_config_is_refused_in_the_same_search_dir(tiny_cache, tiny_preset,
+                                                              tmp_path, capsys):
+    """The same search_dir with another space would report the old trials as this one's."""
+    from kt_pipeline import cli, tuning
+
+    raw = search_raw(tiny_cache, tiny_preset, tmp_path / "s", tuner={"max_trials": 1})
+    tuning.run_search(search_config.build_config(raw))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    argv = ["tune", "--config", str(config), "--quiet"]
+    assert cli.main(argv + ["--set", "space.learning_rate=[0.5]"]) == 2
+    err = capsys.readouterr().err
+    assert "space.learning_rate" in err and "--restart" in err
+    assert "Traceback" not in err
+    kept = yaml.safe_load(open(tmp_path / "s" / "search_config.yaml"))
+    assert kept["space"]["learning_rate"] == raw["space"]["learning_rate"]
+    # a larger budget continues the same search
+    assert cli.main(argv + ["--max-trials", "2"]) == 0
+    assert "2 trial(s)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("root", ["local", "ram"])
 def test_keras_tuner_state_files_are_replaced_atomically(tmp_path, root, monkeypatch):
     """A write that dies half-way leaves the previous oracle.json/trial.json intact."""
