@@ -118,6 +118,8 @@ def load_rows(project_dir: str) -> list[dict]:
             "objective": state.get("score"),
             # a speaker trial records its best training step itself (keras-tuner: 0)
             "best_step": last.get("best_step", state.get("best_step")),
+            # keras-tuner counts best_step from the fit's first epoch, this one
+            "initial_epoch": values.get("tuner/initial_epoch", last.get("initial_epoch")),
             "epochs": epochs,
             "steps": last.get("steps"),
             "seconds": round(sum(a.get("seconds", 0) for a in finished), 1) if finished else None,
@@ -298,10 +300,13 @@ def format_summary(results: dict) -> str:
 
 
 def best_epochs(row: dict, max_epochs: int) -> int:
-    """Epochs up to the best one (keras-tuner's best_step is the 0-based epoch)."""
+    """Epochs up to the best one, counted from the start: keras-tuner's best_step is the
+    0-based epoch of this trial's own fit, which a Hyperband continuation starts at
+    ``initial_epoch`` (on the weights of the trial it continues)."""
     step = row.get("best_step")
     if isinstance(step, (int, float)) and step >= 0:
-        return max(1, min(int(step) + 1, int(max_epochs)))
+        start = int(row.get("initial_epoch") or 0)
+        return max(1, min(start + int(step) + 1, int(max_epochs)))
     return int(row.get("epochs") or max_epochs)
 
 

@@ -160,6 +160,8 @@ def test_hyperband_continuation_continues_the_schedule(tiny_cache, tiny_preset, 
         assert rec["first_learning_rate"] != pytest.approx(float(sched(0)), rel=1e-3)
         # the continued trial trained only the remaining epochs
         assert rec["final_epoch"] == row["epochs"]
+        # retraining it (best.yaml, --export-best) counts the epochs it continued from
+        assert rec["initial_epoch"] < tuning_results.best_epochs(row, 3) <= row["epochs"]
 
 
 # ------------------------------------------------------------ failed trials
