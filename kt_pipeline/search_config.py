@@ -443,6 +443,13 @@ def validate(cfg: SearchConfig, source: str = "config") -> None:
         )
     if cfg.task not in TASKS:
         raise ConfigError(f"{source}: task={cfg.task!r}: expected one of {', '.join(TASKS)}")
+    from kt_pipeline import training
+
+    first = {n: _candidates(p)[0] for n, p in cfg.space.items()}
+    try:  # the fixed train: settings (the space's own values are checked by parse_space)
+        training.validate_config(cfg.base_train_config(**first))
+    except ConfigError as e:
+        raise ConfigError(f"{source}: train.{e}") from None
     seq = cfg.space.get("max_seq_length")
     if seq is not None:
         longest = seq.value if seq.kind == "fixed" else max(seq.values or [seq.max or 0])
