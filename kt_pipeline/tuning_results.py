@@ -295,7 +295,8 @@ def format_summary(results: dict) -> str:
         lines.append("failed trials:\n" + format_failures(rows))
     lines.append(f"table: {results['table_md']} (and {results['table_csv']})")
     lines.append("plots: " + ", ".join(results["plots"]))
-    lines.append(f"best hyperparameters: {results['best_yaml']}")
+    if results.get("best_yaml"):
+        lines.append(f"best hyperparameters: {results['best_yaml']}")
     return "\n".join(lines)
 
 

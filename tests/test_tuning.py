@@ -192,6 +192,18 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(tiny_cache, tiny_pres
     assert "failed trials" in tuning_results.format_summary(results)
 
 
+def test_summary_without_a_completed_trial_names_no_best_file():
+    from kt_pipeline import tuning_results
+
+    rows = [{"trial": "0", "status": "FAILED", "reason": "loss became nan"}]
+    text = tuning_results.format_summary({
+        "search_dir": "s", "objective": "val_accuracy", "rows": rows, "best": None,
+        "table_md": "s/results/trials.md", "table_csv": "s/results/trials.csv",
+        "plots": [], "best_yaml": None})
+    assert "no completed trial" in text and "trial 0: loss became nan" in text
+    assert "None" not in text
+
+
 def test_too_many_failures_stop_with_reasons(tiny_cache, tiny_preset, tmp_path):
     from kt_pipeline import tuning
 
