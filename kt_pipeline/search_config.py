@@ -94,6 +94,8 @@ CLUSTER_SPACE: dict = {
     "balance": ["inverse", "none"],  # none scored higher on held-out ARI (docs/RESULTS.md, round 6)
     "speaker_power": {"min": 0.0, "max": 1.0},  # draw speakers ~ n_quotes ** power
 }
+# What a classification trial's fit logs (compile_classifier: loss and accuracy).
+OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
 CLUSTER_OBJECTIVES = ("val_ari",)  # validation adjusted Rand index (maximised)
 # ClusterConfig fields the search owns: per-trial dir, the monitor, the top-level preset.
 CLUSTER_OWNED = ("model_dir", "monitor", "preset")
@@ -443,6 +445,9 @@ def validate(cfg: SearchConfig, source: str = "config") -> None:
         )
     if cfg.task not in TASKS:
         raise ConfigError(f"{source}: task={cfg.task!r}: expected one of {', '.join(TASKS)}")
+    if cfg.tuner.objective not in OBJECTIVES:
+        raise ConfigError(f"{source}: tuner.objective={cfg.tuner.objective!r}: expected one of "
+                          f"{', '.join(OBJECTIVES)} (the metrics a trial logs)")
     from kt_pipeline import training
 
     first = {n: _candidates(p)[0] for n, p in cfg.space.items()}

@@ -105,6 +105,7 @@ def test_overrides_flags_and_space_kinds(tmp_path):
     ("space.learning_rate={min: 1.0e-4, max: 1.0e-3, step: 0}", "step"),
     ("space.dropout={min: 0.0, max: 0.3, step: -0.1}", "step"),
     ("train.pooling=max", "train.pooling"),
+    ("tuner.objective=val_f1", "tuner.objective"),
     ("train.padding=none", "train.padding"),
 ])
 def test_bad_settings_name_the_key(override, needle):
