@@ -133,11 +133,17 @@ def test_supcon_and_build_and_fit(base_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("override", ["final=relu", "monitor=fmi", "sigma=2", "projection_hidden=a,b",
-                                      "methods=kmeans", "max_seq_length=999"])
+                                      "methods=kmeans", "max_seq_length=999", "k=foo", "k=0",
+                                      "k=-2", "dropout=1.5"])
 def test_bad_settings_are_config_errors(override):
     cfg = speakers.config_from_args(None, [override])
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
         speakers.validate(cfg)
+
+
+@pytest.mark.parametrize("override", ["k=gold", "k=estimate", "k=3", "dropout=0.0"])
+def test_good_settings_pass(override):
+    speakers.validate(speakers.config_from_args(None, [override]))
 
 
 def test_cli_prepare(tmp_path, capsys):
