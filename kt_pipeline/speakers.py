@@ -521,6 +521,16 @@ def split_names(train: SplitData, val: SplitData, test: Optional[SplitData] = No
     return out
 
 
+def check_scorable(data: SplitData, where: str) -> list:
+    """The split's books with one speaker (not scored); DataError when no book has two."""
+    q = data.quotes()
+    keep, skipped = clustering.scored_books(data.labels[q], data.groups[q])
+    if not keep:
+        raise DataError(f"{where}: no book with two or more speakers to cluster (books: "
+                        f"{', '.join(data.group_names)}); use more books or other ratios")
+    return [data.group_names[g] for g in skipped]
+
+
 def _load_splits(cfg: ClusterConfig, manifest: dict, need_test: bool = False):
     cache_dir = manifest["cache_dir"]
     train = load_split(cache_dir, "train", cfg.max_seq_length)
@@ -528,6 +538,7 @@ def _load_splits(cfg: ClusterConfig, manifest: dict, need_test: bool = False):
     if not len(val.quotes()):
         raise DataError(f"cache {cache_dir}: the validation split has no quotes; use more books "
                         f"or change ratios={cfg.ratios!r} so a whole book goes to validation")
+    check_scorable(val, f"cache {cache_dir}: the validation split")
     test = load_split(cache_dir, "test", cfg.max_seq_length) if need_test else None
     return train, val, test
 
@@ -606,6 +617,7 @@ def evaluate(model_dir: str, split: str = "test", methods_override: Optional[str
     data = load_split(manifest["cache_dir"], split, cfg.max_seq_length)
     if not len(data.quotes()):
         raise DataError(f"split {split!r} of {manifest['cache_dir']} has no quotes")
+    single = check_scorable(data, f"split {split!r} of {manifest['cache_dir']}")
     pad_id = int(manifest["tokenizer"]["special_tokens"]["pad"])
     weights = posixpath.join(model_dir, WEIGHTS_FILE)
     if not tf.io.gfile.exists(weights):
@@ -628,6 +640,8 @@ def evaluate(model_dir: str, split: str = "test", methods_override: Optional[str
     log(clustering.format_table(results["systems"], f"{split} books: {', '.join(data.group_names)}"))
     nh = results["narrative_head"]
     log(f"narrative head: accuracy {nh['accuracy']:.4f} f1 {nh['f1']:.4f} (n={nh['n']})")
+    if single:
+        log(f"not scored (one speaker, nothing to cluster): {', '.join(single)}")
     if plots:
         writer = tf.summary.create_file_writer(posixpath.join(model_dir, "tb"))
         examples = read_examples(cfg)

@@ -146,6 +146,18 @@ def test_good_settings_pass(override):
     speakers.validate(speakers.config_from_args(None, [override]))
 
 
+def test_a_split_of_one_speaker_books_is_a_data_error():
+    from kt_pipeline.errors import DataError
+
+    data = speakers.SplitData(ids=[np.array([1, 2])] * 5, labels=np.array([0, 0, 1, 1, 2]),
+                              groups=np.array([0, 0, 1, 1, 1]), group_names=["A", "B"],
+                              narrative=np.array([False, False, False, False, True]))
+    with pytest.raises(DataError, match="two or more speakers"):
+        speakers.check_scorable(data, "validation")
+    two = data._replace(labels=np.array([0, 3, 1, 1, 2]))
+    assert speakers.check_scorable(two, "validation") == ["B"]
+
+
 def test_cli_prepare(tmp_path, capsys):
     from test_pdnc import make_book  # tests/ is on sys.path (rootdir conftest)
 
