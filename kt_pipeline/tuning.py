@@ -600,6 +600,13 @@ def run_search(cfg: SearchConfig, restart: bool = False, verbose: Optional[int] 
     results = tuning_results.write_results(cfg, tuner.project_dir)
     results["seconds"] = round(time.time() - started, 1)
     results["frozen_features_computed"] = list(features.computed) if features else []
+    rows = results["rows"]
+    if failure is None and rows and not results["best"] and all(
+            r["status"] in ("FAILED", "INVALID") for r in rows):
+        raise SearchFailed(
+            f"every trial failed ({len(rows)}). Reasons:\n"
+            + tuning_results.format_failures(rows)
+            + f"\nSee {results['table_md']}; fix the space and run again")
     if failure is not None:
         raise SearchFailed(
             f"the search stopped: {cfg.tuner.max_consecutive_failed_trials} trials failed in a "

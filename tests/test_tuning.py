@@ -193,6 +193,18 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(tiny_cache, tiny_pres
     assert "failed trials" in tuning_results.format_summary(results)
 
 
+def test_a_search_whose_every_trial_failed_is_an_error(tiny_cache, tiny_preset, tmp_path):
+    """Fewer trials than max_consecutive_failed_trials, all failed: not a success (exit 0)."""
+    from kt_pipeline import tuning
+
+    raw = search_raw(tiny_cache, tiny_preset, tmp_path / "s",
+                     tuner={"max_trials": 2, "max_consecutive_failed_trials": 3},
+                     space={"learning_rate": 1e30})
+    with pytest.raises(tuning.SearchFailed, match="every trial failed"):
+        tuning.run_search(search_config.build_config(raw))
+    assert open(tmp_path / "s" / "results" / "trials.csv").read().count("FAILED") == 2
+
+
 def test_summary_without_a_completed_trial_names_no_best_file():
     from kt_pipeline import tuning_results
 
