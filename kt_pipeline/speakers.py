@@ -554,6 +554,14 @@ def train(cfg: ClusterConfig, log=print, plots: bool = True) -> dict:
 
     keras.utils.set_random_seed(cfg.seed)
     tf.io.gfile.makedirs(cfg.model_dir)
+    # An earlier run's weights and scores belong to its config, not this one: a run that
+    # stops before its first checkpoint must not leave them to `evaluate` under this config.
+    stale = [posixpath.join(cfg.model_dir, n) for n in (WEIGHTS_FILE, HISTORY_FILE,
+                                                        "train_summary.json")]
+    stale += tf.io.gfile.glob(posixpath.join(cfg.model_dir, f"{RESULTS_FILE[:-5]}_*.json"))
+    for path in stale:
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
     _write_json(posixpath.join(cfg.model_dir, CONFIG_FILE), cfg.to_dict())
     manifest = prepare_cache(cfg)
     train_data, val_data, _ = _load_splits(cfg, manifest)

@@ -146,6 +146,23 @@ def test_good_settings_pass(override):
     speakers.validate(speakers.config_from_args(None, [override]))
 
 
+def test_a_failed_retrain_leaves_no_earlier_weights_to_evaluate(base_cfg, tmp_path):
+    """Retraining into a model dir stops at a NaN loss before its first checkpoint:
+    evaluate must not score the earlier run's weights under the new config."""
+    from kt_pipeline.errors import KtError
+
+    cfg = dataclasses.replace(base_cfg, model_dir=str(tmp_path / "m"), steps=2, eval_every=2)
+    speakers.train(cfg, log=lambda *_: None, plots=False)
+    speakers.evaluate(cfg.model_dir, "test", log=lambda *_: None, plots=False)
+    assert os.path.exists(os.path.join(cfg.model_dir, "results_test.json"))
+    bad = dataclasses.replace(cfg, learning_rate=1e30)
+    with pytest.raises(KtError, match="loss became"):
+        speakers.train(bad, log=lambda *_: None, plots=False)
+    assert not os.path.exists(os.path.join(cfg.model_dir, "results_test.json"))
+    with pytest.raises(KtError, match="no best.weights.h5"):
+        speakers.evaluate(cfg.model_dir, "test", log=lambda *_: None, plots=False)
+
+
 def test_a_split_of_one_speaker_books_is_a_data_error():
     from kt_pipeline.errors import DataError
 
