@@ -106,9 +106,10 @@ def load_rows(project_dir: str) -> list[dict]:
         if status in ("RUNNING", "IDLE") and last.get("status") in ("FAILED", "INVALID",
                                                                      "COMPLETED"):
             status = last["status"]  # the search stopped before keras-tuner saved the trial
-        epochs = values.get("tuner/epochs")
+        # the epochs it ran: early stopping may end a Hyperband trial before tuner/epochs
+        epochs = last.get("final_epoch")
         if epochs is None:
-            epochs = last.get("final_epoch")
+            epochs = values.get("tuner/epochs")
         reason = ""
         if status in ("FAILED", "INVALID"):
             reason = last.get("reason") or failure_reason(state.get("message"))

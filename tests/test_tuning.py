@@ -167,6 +167,25 @@ def test_hyperband_continuation_continues_the_schedule(tiny_cache, tiny_preset, 
         assert rec["initial_epoch"] < tuning_results.best_epochs(row, 3) <= row["epochs"]
 
 
+def test_the_table_counts_the_epochs_a_stopped_trial_ran(tiny_cache, tiny_preset, tmp_path):
+    """Early stopping ends a flat Hyperband trial before its tuner/epochs."""
+    from kt_pipeline import tuning, tuning_results
+
+    raw = search_raw(tiny_cache, tiny_preset, tmp_path / "s",
+                     tuner={"type": "hyperband", "max_epochs": 3, "factor": 3,
+                            "early_stopping_patience": 1},
+                     space={"learning_rate": 1.0e-9, "max_seq_length": 16})
+    cfg = search_config.build_config(raw)
+    results = tuning.run_search(cfg)
+    stopped = 0
+    for row in results["rows"]:
+        [rec] = tuning_results.load_attempts(
+            f"{tuning.project_dir(cfg.search_dir)}/trial_{row['trial']}")
+        assert row["epochs"] == rec["final_epoch"]
+        stopped += rec["final_epoch"] < rec["epochs"]
+    assert stopped, "a flat objective with patience 1 stops some 3-epoch trial early"
+
+
 # ------------------------------------------------------------ failed trials
 
 
