@@ -275,7 +275,7 @@ class TunerConfig:
     """Which keras-tuner oracle and its budget."""
 
     type: str = "hyperband"
-    max_trials: int = 10  # random/bayesian (hyperband: an upper bound, if set)
+    max_trials: int = 10  # random/bayesian (Hyperband's budget: max_epochs, factor, iterations)
     max_epochs: int = 3  # hyperband's max epochs; epochs per trial for random/bayesian
     factor: int = 3
     hyperband_iterations: int = 1
@@ -600,6 +600,16 @@ def validate_cluster(cfg: SearchConfig, source: str = "config") -> None:
     for name, p in cfg.space.items():
         for v in _candidates(p):
             check(base, [f"{name}={v}"], f"space.{name}={v!r}")
+
+
+def config_warnings(cfg: SearchConfig) -> list:
+    """Settings the user gave that this search will not use (printed, not fatal)."""
+    out = []
+    if cfg.tuner.type == "hyperband" and "max_trials" in (cfg.raw.get("tuner") or {}):
+        out.append(f"tuner.max_trials={cfg.tuner.max_trials} is ignored by hyperband: its "
+                   "trials follow from tuner.max_epochs, factor and hyperband_iterations "
+                   "(use --tuner random or bayesian for a trial count)")
+    return out
 
 
 def load_config(path: Optional[str], overrides: Optional[list] = None) -> SearchConfig:

@@ -127,6 +127,16 @@ def test_int_and_float_choices_register(override):
     assert hp.get(name) in (0.0, 0.1) and isinstance(hp.get(name), float)
 
 
+def test_max_trials_with_hyperband_is_reported_as_ignored():
+    raw = {"data": {"input": "x.csv"}, "tuner": {"type": "hyperband"}}
+    assert search_config.config_warnings(search_config.build_config(raw)) == []
+    cfg = search_config.build_config(raw, ["tuner.max_trials=2"])
+    [text] = search_config.config_warnings(cfg)
+    assert "max_trials=2 is ignored by hyperband" in text
+    cfg = search_config.build_config(raw, ["tuner.max_trials=2", "tuner.type=random"])
+    assert search_config.config_warnings(cfg) == []
+
+
 def test_shipped_configs_parse():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name in ("demo", "sst2", "nsmc"):
