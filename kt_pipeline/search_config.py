@@ -388,6 +388,10 @@ def _merged(raw: Optional[dict], default_space: dict, overrides: Optional[list],
     space = copy.deepcopy(default_space)
     if not isinstance(raw.get("space") or {}, dict):
         raise ConfigError(f"{source}: space must be a mapping of key: spec")
+    for section in ("data", "tuner", "train", "cluster"):
+        if not isinstance(raw.get(section) or {}, dict):
+            raise ConfigError(f"{source}: {section} must be a mapping of key: value, "
+                              f"got {raw[section]!r}")
     space.update(raw.get("space") or {})
     raw["space"] = space
     raw = merge_overrides(raw, overrides or [])
@@ -405,7 +409,10 @@ def build_config(raw: dict, overrides: Optional[list] = None, source: str = "con
         return build_cluster_config(raw, overrides, source)
     raw = _merged(raw, DEFAULT_SPACE, overrides, source)
     cfg = SearchConfig()
-    cfg.space = parse_space(raw["space"])
+    try:
+        cfg.space = parse_space(raw["space"])
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     for key in ("name", "search_dir", "preset", "task"):
         if raw.get(key) is not None:
             setattr(cfg, key, str(raw[key]))

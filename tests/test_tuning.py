@@ -127,6 +127,18 @@ def test_int_and_float_choices_register(override):
     assert hp.get(name) in (0.0, 0.1) and isinstance(hp.get(name), float)
 
 
+@pytest.mark.parametrize("text, needle", [
+    ("space: {dropout: {min: 0.1}}", r"c\.yaml: space\.dropout"),
+    ("space: {batch_size: [16, 16]}", r"c\.yaml: space\.batch_size"),
+    ("tuner: [1]", r"c\.yaml: tuner must be a mapping"),
+])
+def test_config_file_errors_name_the_file_and_key(tmp_path, text, needle):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {input: x.csv}\n" + text + "\n")
+    with pytest.raises(ConfigError, match=needle):
+        search_config.load_config(str(path), ["tuner.verbose=0"])
+
+
 def test_max_trials_with_hyperband_is_reported_as_ignored():
     raw = {"data": {"input": "x.csv"}, "tuner": {"type": "hyperband"}}
     assert search_config.config_warnings(search_config.build_config(raw)) == []
