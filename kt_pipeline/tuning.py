@@ -511,12 +511,20 @@ MAY_CHANGE = ("name", "search_dir", "tuner.max_trials", "tuner.verbose",
               "tuner.max_consecutive_failed_trials", "tuner.max_retries_per_trial")
 
 
+# Paths compared as absolute paths (the demo passes the sample by its absolute path).
+PATH_KEYS = ("preset", "data.input", "data.cache_dir", "cluster.data", "cluster.work_dir")
+
+
 def _flat(d, prefix: str = "") -> dict:
     if not isinstance(d, dict):
         return {prefix: d}
     out = {}
     for k, v in d.items():
         out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    for k in PATH_KEYS:
+        v = out.get(k)
+        if isinstance(v, str) and "://" not in v and os.path.exists(v):
+            out[k] = os.path.abspath(v)
     return out
 
 

@@ -365,8 +365,9 @@ def test_a_changed_config_is_refused_in_the_same_search_dir(tiny_cache, tiny_pre
     assert "Traceback" not in err
     kept = yaml.safe_load(open(tmp_path / "s" / "search_config.yaml"))
     assert kept["space"]["learning_rate"] == raw["space"]["learning_rate"]
-    # a larger budget continues the same search
-    assert cli.main(argv + ["--max-trials", "2"]) == 0
+    # a larger budget continues the same search, the cache named by a relative path too
+    relative = os.path.relpath(tiny_cache)
+    assert cli.main(argv + ["--max-trials", "2", "--cache", relative]) == 0
     assert "2 trial(s)" in capsys.readouterr().out
 
 
