@@ -130,7 +130,10 @@ def load_rows(project_dir: str) -> list[dict]:
             "hyperparameters": {k: v for k, v in values.items() if not k.startswith("tuner/")},
             "reason": reason,
         })
-    return rows
+    # keras-tuner pads ids to len(str(max_trials)): a search continued with a larger
+    # max_trials mixes "9" and "10"/"05", which sort wrongly as text
+    return sorted(rows, key=lambda r: (0, int(r["trial"]), "") if str(r["trial"]).isdigit()
+                  else (1, 0, str(r["trial"])))
 
 
 def completed(rows: list[dict]) -> list[dict]:

@@ -246,6 +246,19 @@ def test_a_search_whose_every_trial_failed_is_an_error(tiny_cache, tiny_preset, 
     assert open(tmp_path / "s" / "results" / "trials.csv").read().count("FAILED") == 2
 
 
+def test_rows_are_in_numeric_trial_order(tmp_path):
+    """A search continued with a larger max_trials has ids '8', '9', '10' (then '05'...)."""
+    from kt_pipeline import tuning_results
+
+    for tid in ("8", "9", "10", "11"):
+        (tmp_path / f"trial_{tid}").mkdir()
+        (tmp_path / f"trial_{tid}" / "trial.json").write_text(json.dumps({
+            "trial_id": tid, "status": "COMPLETED", "score": 0.5,
+            "hyperparameters": {"values": {"dropout": 0.1}}}))
+    rows = tuning_results.load_rows(str(tmp_path))
+    assert [r["trial"] for r in rows] == ["8", "9", "10", "11"]
+
+
 def test_summary_without_a_completed_trial_names_no_best_file():
     from kt_pipeline import tuning_results
 
