@@ -171,6 +171,8 @@ def validate(cfg: ClusterConfig) -> None:
         (0.0 <= cfg.sigma <= 1.0, f"sigma={cfg.sigma}: expected 0..1"),
         (0.0 <= cfg.speaker_power <= 2.0, f"speaker_power={cfg.speaker_power}: expected 0..2"),
         (cfg.window >= 0, f"window={cfg.window}: expected >= 0"),
+        (0 <= cfg.narrative_ratio < float("inf"),
+         f"narrative_ratio={cfg.narrative_ratio}: expected a number >= 0"),
         (cfg.window_unit in pdnc.UNITS, f"window_unit={cfg.window_unit!r}: expected words or chars"),
         (2 <= cfg.max_seq_length <= cfg.cache_max_length,
          f"max_seq_length={cfg.max_seq_length}: expected 2..cache_max_length ({cfg.cache_max_length})"),
