@@ -452,6 +452,9 @@ def validate(cfg: SearchConfig, source: str = "config") -> None:
         )
     if cfg.task not in TASKS:
         raise ConfigError(f"{source}: task={cfg.task!r}: expected one of {', '.join(TASKS)}")
+    if cfg.data.max_train_examples is not None and cfg.data.max_train_examples < 1:
+        raise ConfigError(f"{source}: data.max_train_examples={cfg.data.max_train_examples}: "
+                          "expected >= 1 (null = all)")
     if cfg.tuner.objective not in OBJECTIVES:
         raise ConfigError(f"{source}: tuner.objective={cfg.tuner.objective!r}: expected one of "
                           f"{', '.join(OBJECTIVES)} (the metrics a trial logs)")
@@ -479,6 +482,14 @@ def validate_tuner(t: TunerConfig, source: str = "config") -> None:
         raise ConfigError(f"{source}: tuner.max_epochs and tuner.max_trials must be >= 1")
     if t.type == "hyperband" and t.factor < 2:
         raise ConfigError(f"{source}: tuner.factor={t.factor}: Hyperband needs factor >= 2")
+    bounds = {"hyperband_iterations": (t.hyperband_iterations, 1),  # keras-tuner: 0 = forever
+              "max_consecutive_failed_trials": (t.max_consecutive_failed_trials, 1),
+              "max_retries_per_trial": (t.max_retries_per_trial, 0),
+              "early_stopping_patience": (t.early_stopping_patience or 0, 0)}
+    for key, (value, least) in bounds.items():
+        if value < least:
+            off = " (null turns it off)" if key == "early_stopping_patience" else ""
+            raise ConfigError(f"{source}: tuner.{key}={value}: expected >= {least}{off}")
 
 
 # ------------------------------------------------------- task speaker_clustering

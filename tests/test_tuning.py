@@ -106,6 +106,11 @@ def test_overrides_flags_and_space_kinds(tmp_path):
     ("space.dropout={min: 0.0, max: 0.3, step: -0.1}", "step"),
     ("train.pooling=max", "train.pooling"),
     ("tuner.objective=val_f1", "tuner.objective"),
+    ("tuner.max_consecutive_failed_trials=0", "tuner.max_consecutive_failed_trials"),
+    ("tuner.hyperband_iterations=0", "tuner.hyperband_iterations"),
+    ("tuner.early_stopping_patience=-1", "tuner.early_stopping_patience"),
+    ("tuner.max_retries_per_trial=-1", "tuner.max_retries_per_trial"),
+    ("data.max_train_examples=-5", "data.max_train_examples"),
     ("train.padding=none", "train.padding"),
 ])
 def test_bad_settings_name_the_key(override, needle):
