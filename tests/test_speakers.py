@@ -135,7 +135,8 @@ def test_supcon_and_build_and_fit(base_cfg, tmp_path):
 @pytest.mark.parametrize("override", ["final=relu", "monitor=fmi", "sigma=2", "projection_hidden=a,b",
                                       "methods=kmeans", "max_seq_length=999", "k=foo", "k=0",
                                       "k=-2", "dropout=1.5", "narrative_ratio=-1",
-                                      "narrative_ratio=.nan"])
+                                      "narrative_ratio=.nan", "log_every=0",
+                                      "max_eval_quotes=-1", "quote_words=-1"])
 def test_bad_settings_are_config_errors(override):
     cfg = speakers.config_from_args(None, [override])
     with pytest.raises(ConfigError, match=override.split("=")[0]):
