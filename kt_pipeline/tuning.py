@@ -63,7 +63,8 @@ import yaml  # noqa: E402
 
 from kt_pipeline import frozen, models, optim, training  # noqa: E402
 from kt_pipeline.errors import ConfigError, KtError  # noqa: E402
-from kt_pipeline.search_config import DATA_KEYS, SPEAKER_TASK, SearchConfig  # noqa: E402
+from kt_pipeline.search_config import (  # noqa: E402
+    DATA_KEYS, SPEAKER_TASK, SearchConfig, as_number)
 
 PROJECT = "kt"
 ATTEMPTS = "attempts"
@@ -521,6 +522,8 @@ def _flat(d, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    for k, v in out.items():  # 1e-4 (text in YAML 1.1) and 0.0001 are the same setting
+        out[k] = [as_number(x) for x in v] if isinstance(v, list) else as_number(v)
     for k in PATH_KEYS:
         v = out.get(k)
         if isinstance(v, str) and "://" not in v and os.path.exists(v):

@@ -385,7 +385,8 @@ def test_a_changed_config_is_refused_in_the_same_search_dir(tiny_cache, tiny_pre
     assert kept["space"]["learning_rate"] == raw["space"]["learning_rate"]
     # a larger budget continues the same search, the cache named by a relative path too
     relative = os.path.relpath(tiny_cache)
-    assert cli.main(argv + ["--max-trials", "2", "--cache", relative]) == 0
+    same_lr = "space.learning_rate={min: 1e-3, max: 1e-2, sampling: log}"  # text in YAML 1.1
+    assert cli.main(argv + ["--max-trials", "2", "--cache", relative, "--set", same_lr]) == 0
     assert "2 trial(s)" in capsys.readouterr().out
 
 
