@@ -145,6 +145,16 @@ def _normalize(z: np.ndarray) -> np.ndarray:
     return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
 
+def scored_books(labels, groups) -> tuple:
+    """``(groups with 2+ gold speakers, names... skipped)``: a book with one speaker has
+    nothing to cluster (any single cluster scores ARI 1, and so would inflate the macro)."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    keep, skipped = [], []
+    for g in np.unique(groups):
+        (keep if len(np.unique(labels[groups == g])) >= 2 else skipped).append(g)
+    return keep, skipped
+
+
 def macro(per_book: dict) -> dict:
     """Mean of each method's metrics over books."""
     methods = sorted({m for book in per_book.values() for m in book})
@@ -155,16 +165,18 @@ def macro(per_book: dict) -> dict:
 def evaluate_books(embeddings, labels, groups, methods: Sequence[str] = METHODS,
                    k: int | str = "gold", normalize: bool = True, seed: int = 0,
                    group_names=None) -> dict:
-    """Cluster every book's embeddings with each method; ``{"per_book", "macro"}``.
+    """Cluster every book's embeddings with each method; ``{"per_book", "macro", "skipped"}``.
 
-    ``group_names`` maps group ids to the names used as keys (default: the ids).
+    ``group_names`` maps group ids to the names used as keys (default: the ids). Books
+    with fewer than two gold speakers are not scored (``skipped`` names them).
     """
     z = np.asarray(embeddings, np.float64)
     if normalize and len(z):
         z = _normalize(z)
     labels, groups = np.asarray(labels), np.asarray(groups)
+    keep, skipped = scored_books(labels, groups)
     per_book = {}
-    for g in np.unique(groups):
+    for g in keep:
         rows = np.flatnonzero(groups == g)
         gold = labels[rows]
         name = str(group_names[g]) if group_names is not None else str(g)
@@ -174,19 +186,26 @@ def evaluate_books(embeddings, labels, groups, methods: Sequence[str] = METHODS,
                 "n": int(len(rows)), "speakers": n_gold}
             for m in methods
         }
-    return {"per_book": per_book, "macro": macro(per_book)}
+    return {"per_book": per_book, "macro": macro(per_book),
+            "skipped": [_name(g, group_names) for g in skipped]}
+
+
+def _name(g, group_names) -> str:
+    return str(group_names[g]) if group_names is not None else str(g)
 
 
 def one_cluster_baseline(labels, groups, group_names=None) -> dict:
     """Scores of the answer "one cluster per book" (same structure as evaluate_books)."""
     labels, groups = np.asarray(labels), np.asarray(groups)
+    keep, skipped = scored_books(labels, groups)
     per_book = {}
-    for g in np.unique(groups):
+    for g in keep:
         gold = labels[groups == g]
         name = str(group_names[g]) if group_names is not None else str(g)
         per_book[name] = {"one_cluster": {**cluster_metrics(gold, np.zeros(len(gold), int)),
                                           "n": int(len(gold)), "speakers": len(np.unique(gold))}}
-    return {"per_book": per_book, "macro": macro(per_book)}
+    return {"per_book": per_book, "macro": macro(per_book),
+            "skipped": [_name(g, group_names) for g in skipped]}
 
 
 def format_table(results: dict, title: str = "") -> str:

@@ -183,6 +183,9 @@ def read_pdnc_book(root: str, book: str, narrative_ratio: float = 0.25, seed: in
 def read_pdnc(root: str, books: Optional[Iterable[str]] = None, narrative_ratio: float = 0.25,
               seed: int = 0) -> list:
     """Examples of the chosen novels (default: all) under a PDNC folder."""
+    if not (isinstance(narrative_ratio, (int, float)) and 0 <= narrative_ratio < float("inf")):
+        raise ConfigError(f"narrative_ratio={narrative_ratio!r}: expected a number >= 0 "
+                          "(narrative examples per quote, e.g. 0.25)")
     available = list_books(root)
     chosen = list(books) if books else available
     unknown = [b for b in chosen if b not in available]

@@ -94,6 +94,8 @@ CLUSTER_SPACE: dict = {
     "balance": ["inverse", "none"],  # none scored higher on held-out ARI (docs/RESULTS.md, round 6)
     "speaker_power": {"min": 0.0, "max": 1.0},  # draw speakers ~ n_quotes ** power
 }
+# What a classification trial's fit logs (compile_classifier: loss and accuracy).
+OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
 CLUSTER_OBJECTIVES = ("val_ari",)  # validation adjusted Rand index (maximised)
 # ClusterConfig fields the search owns: per-trial dir, the monitor, the top-level preset.
 CLUSTER_OWNED = ("model_dir", "monitor", "preset")
@@ -180,6 +182,9 @@ def parse_param(name: str, spec: Any, source: str = "space",
         if not isinstance(values, (list, tuple)) or not values:
             raise ConfigError(f"{where}.values: expected a non-empty list, got {values!r}")
         values = list(values)
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) == len(values) and any(isinstance(v, float) for v in numbers):
+            values = [float(v) for v in values]  # [0, 0.1]: keras-tuner takes one type only
         if len(set(map(repr, values))) != len(values):
             raise ConfigError(f"{where}.values: {values} has duplicates")
         return ParamSpec(name, "choice", values=values)
@@ -195,10 +200,14 @@ def parse_param(name: str, spec: Any, source: str = "space",
         raise ConfigError(f"{where}.sampling={sampling!r}: expected one of {', '.join(SAMPLINGS)}")
     if sampling == "log" and lo <= 0:
         raise ConfigError(f"{where}: log sampling needs min > 0 (got {lo})")
+    step = spec.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float))
+                             or step <= 0):
+        raise ConfigError(f"{where}.step={step!r}: expected a number > 0 (or no step)")
     ints = _INT_FIELDS if int_fields is None else int_fields
     integer = all(isinstance(v, int) for v in (lo, hi)) and name in ints
     return ParamSpec(name, "int" if integer else "float", min=lo, max=hi,
-                     sampling=sampling, step=spec.get("step"))
+                     sampling=sampling, step=step)
 
 
 _INT_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if "int" in str(f.type)
@@ -266,7 +275,7 @@ class TunerConfig:
     """Which keras-tuner oracle and its budget."""
 
     type: str = "hyperband"
-    max_trials: int = 10  # random/bayesian (hyperband: an upper bound, if set)
+    max_trials: int = 10  # random/bayesian (Hyperband's budget: max_epochs, factor, iterations)
     max_epochs: int = 3  # hyperband's max epochs; epochs per trial for random/bayesian
     factor: int = 3
     hyperband_iterations: int = 1
@@ -379,6 +388,10 @@ def _merged(raw: Optional[dict], default_space: dict, overrides: Optional[list],
     space = copy.deepcopy(default_space)
     if not isinstance(raw.get("space") or {}, dict):
         raise ConfigError(f"{source}: space must be a mapping of key: spec")
+    for section in ("data", "tuner", "train", "cluster"):
+        if not isinstance(raw.get(section) or {}, dict):
+            raise ConfigError(f"{source}: {section} must be a mapping of key: value, "
+                              f"got {raw[section]!r}")
     space.update(raw.get("space") or {})
     raw["space"] = space
     raw = merge_overrides(raw, overrides or [])
@@ -396,7 +409,10 @@ def build_config(raw: dict, overrides: Optional[list] = None, source: str = "con
         return build_cluster_config(raw, overrides, source)
     raw = _merged(raw, DEFAULT_SPACE, overrides, source)
     cfg = SearchConfig()
-    cfg.space = parse_space(raw["space"])
+    try:
+        cfg.space = parse_space(raw["space"])
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     for key in ("name", "search_dir", "preset", "task"):
         if raw.get(key) is not None:
             setattr(cfg, key, str(raw[key]))
@@ -436,6 +452,19 @@ def validate(cfg: SearchConfig, source: str = "config") -> None:
         )
     if cfg.task not in TASKS:
         raise ConfigError(f"{source}: task={cfg.task!r}: expected one of {', '.join(TASKS)}")
+    if cfg.data.max_train_examples is not None and cfg.data.max_train_examples < 1:
+        raise ConfigError(f"{source}: data.max_train_examples={cfg.data.max_train_examples}: "
+                          "expected >= 1 (null = all)")
+    if cfg.tuner.objective not in OBJECTIVES:
+        raise ConfigError(f"{source}: tuner.objective={cfg.tuner.objective!r}: expected one of "
+                          f"{', '.join(OBJECTIVES)} (the metrics a trial logs)")
+    from kt_pipeline import training
+
+    first = {n: _candidates(p)[0] for n, p in cfg.space.items()}
+    try:  # the fixed train: settings (the space's own values are checked by parse_space)
+        training.validate_config(cfg.base_train_config(**first))
+    except ConfigError as e:
+        raise ConfigError(f"{source}: train.{e}") from None
     seq = cfg.space.get("max_seq_length")
     if seq is not None:
         longest = seq.value if seq.kind == "fixed" else max(seq.values or [seq.max or 0])
@@ -453,6 +482,14 @@ def validate_tuner(t: TunerConfig, source: str = "config") -> None:
         raise ConfigError(f"{source}: tuner.max_epochs and tuner.max_trials must be >= 1")
     if t.type == "hyperband" and t.factor < 2:
         raise ConfigError(f"{source}: tuner.factor={t.factor}: Hyperband needs factor >= 2")
+    bounds = {"hyperband_iterations": (t.hyperband_iterations, 1),  # keras-tuner: 0 = forever
+              "max_consecutive_failed_trials": (t.max_consecutive_failed_trials, 1),
+              "max_retries_per_trial": (t.max_retries_per_trial, 0),
+              "early_stopping_patience": (t.early_stopping_patience or 0, 0)}
+    for key, (value, least) in bounds.items():
+        if value < least:
+            off = " (null turns it off)" if key == "early_stopping_patience" else ""
+            raise ConfigError(f"{source}: tuner.{key}={value}: expected >= {least}{off}")
 
 
 # ------------------------------------------------------- task speaker_clustering
@@ -581,6 +618,16 @@ def validate_cluster(cfg: SearchConfig, source: str = "config") -> None:
     for name, p in cfg.space.items():
         for v in _candidates(p):
             check(base, [f"{name}={v}"], f"space.{name}={v!r}")
+
+
+def config_warnings(cfg: SearchConfig) -> list:
+    """Settings the user gave that this search will not use (printed, not fatal)."""
+    out = []
+    if cfg.tuner.type == "hyperband" and "max_trials" in (cfg.raw.get("tuner") or {}):
+        out.append(f"tuner.max_trials={cfg.tuner.max_trials} is ignored by hyperband: its "
+                   "trials follow from tuner.max_epochs, factor and hyperband_iterations "
+                   "(use --tuner random or bayesian for a trial count)")
+    return out
 
 
 def load_config(path: Optional[str], overrides: Optional[list] = None) -> SearchConfig:

@@ -171,11 +171,21 @@ def validate(cfg: ClusterConfig) -> None:
         (0.0 <= cfg.sigma <= 1.0, f"sigma={cfg.sigma}: expected 0..1"),
         (0.0 <= cfg.speaker_power <= 2.0, f"speaker_power={cfg.speaker_power}: expected 0..2"),
         (cfg.window >= 0, f"window={cfg.window}: expected >= 0"),
+        (0 <= cfg.narrative_ratio < float("inf"),
+         f"narrative_ratio={cfg.narrative_ratio}: expected a number >= 0"),
         (cfg.window_unit in pdnc.UNITS, f"window_unit={cfg.window_unit!r}: expected words or chars"),
         (2 <= cfg.max_seq_length <= cfg.cache_max_length,
          f"max_seq_length={cfg.max_seq_length}: expected 2..cache_max_length ({cfg.cache_max_length})"),
         (cfg.steps >= 1 and cfg.eval_every >= 1, "steps and eval_every must be >= 1"),
+        (cfg.log_every >= 1, f"log_every={cfg.log_every}: expected >= 1"),
+        (cfg.max_eval_quotes is None or cfg.max_eval_quotes >= 1,
+         f"max_eval_quotes={cfg.max_eval_quotes}: expected >= 1 (null = all)"),
+        (cfg.quote_words is None or cfg.quote_words >= 1,
+         f"quote_words={cfg.quote_words}: expected >= 1 (null = the whole quote)"),
         (cfg.embedding_dim >= 1, f"embedding_dim={cfg.embedding_dim}: expected >= 1"),
+        (0.0 <= cfg.dropout < 1.0, f"dropout={cfg.dropout}: expected 0 <= dropout < 1"),
+        (str(cfg.k) in ("gold", "estimate") or str(cfg.k).isdigit() and int(cfg.k) >= 1,
+         f"k={cfg.k!r}: expected gold, estimate or a number of clusters >= 1"),
         (cfg.temperature > 0, f"temperature={cfg.temperature}: expected > 0"),
         (cfg.softness > 0, f"softness={cfg.softness}: expected > 0"),
         (cfg.positives in POSITIVES,
@@ -518,6 +528,16 @@ def split_names(train: SplitData, val: SplitData, test: Optional[SplitData] = No
     return out
 
 
+def check_scorable(data: SplitData, where: str) -> list:
+    """The split's books with one speaker (not scored); DataError when no book has two."""
+    q = data.quotes()
+    keep, skipped = clustering.scored_books(data.labels[q], data.groups[q])
+    if not keep:
+        raise DataError(f"{where}: no book with two or more speakers to cluster (books: "
+                        f"{', '.join(data.group_names)}); use more books or other ratios")
+    return [data.group_names[g] for g in skipped]
+
+
 def _load_splits(cfg: ClusterConfig, manifest: dict, need_test: bool = False):
     cache_dir = manifest["cache_dir"]
     train = load_split(cache_dir, "train", cfg.max_seq_length)
@@ -525,6 +545,7 @@ def _load_splits(cfg: ClusterConfig, manifest: dict, need_test: bool = False):
     if not len(val.quotes()):
         raise DataError(f"cache {cache_dir}: the validation split has no quotes; use more books "
                         f"or change ratios={cfg.ratios!r} so a whole book goes to validation")
+    check_scorable(val, f"cache {cache_dir}: the validation split")
     test = load_split(cache_dir, "test", cfg.max_seq_length) if need_test else None
     return train, val, test
 
@@ -540,6 +561,14 @@ def train(cfg: ClusterConfig, log=print, plots: bool = True) -> dict:
 
     keras.utils.set_random_seed(cfg.seed)
     tf.io.gfile.makedirs(cfg.model_dir)
+    # An earlier run's weights and scores belong to its config, not this one: a run that
+    # stops before its first checkpoint must not leave them to `evaluate` under this config.
+    stale = [posixpath.join(cfg.model_dir, n) for n in (WEIGHTS_FILE, HISTORY_FILE,
+                                                        "train_summary.json")]
+    stale += tf.io.gfile.glob(posixpath.join(cfg.model_dir, f"{RESULTS_FILE[:-5]}_*.json"))
+    for path in stale:
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
     _write_json(posixpath.join(cfg.model_dir, CONFIG_FILE), cfg.to_dict())
     manifest = prepare_cache(cfg)
     train_data, val_data, _ = _load_splits(cfg, manifest)
@@ -603,6 +632,7 @@ def evaluate(model_dir: str, split: str = "test", methods_override: Optional[str
     data = load_split(manifest["cache_dir"], split, cfg.max_seq_length)
     if not len(data.quotes()):
         raise DataError(f"split {split!r} of {manifest['cache_dir']} has no quotes")
+    single = check_scorable(data, f"split {split!r} of {manifest['cache_dir']}")
     pad_id = int(manifest["tokenizer"]["special_tokens"]["pad"])
     weights = posixpath.join(model_dir, WEIGHTS_FILE)
     if not tf.io.gfile.exists(weights):
@@ -625,6 +655,8 @@ def evaluate(model_dir: str, split: str = "test", methods_override: Optional[str
     log(clustering.format_table(results["systems"], f"{split} books: {', '.join(data.group_names)}"))
     nh = results["narrative_head"]
     log(f"narrative head: accuracy {nh['accuracy']:.4f} f1 {nh['f1']:.4f} (n={nh['n']})")
+    if single:
+        log(f"not scored (one speaker, nothing to cluster): {', '.join(single)}")
     if plots:
         writer = tf.summary.create_file_writer(posixpath.join(model_dir, "tb"))
         examples = read_examples(cfg)

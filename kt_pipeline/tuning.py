@@ -63,7 +63,8 @@ import yaml  # noqa: E402
 
 from kt_pipeline import frozen, models, optim, training  # noqa: E402
 from kt_pipeline.errors import ConfigError, KtError  # noqa: E402
-from kt_pipeline.search_config import DATA_KEYS, SPEAKER_TASK, SearchConfig  # noqa: E402
+from kt_pipeline.search_config import (  # noqa: E402
+    DATA_KEYS, SPEAKER_TASK, SearchConfig, as_number)
 
 PROJECT = "kt"
 ATTEMPTS = "attempts"
@@ -506,6 +507,50 @@ def clear_results(search_dir: str) -> None:
             tf.io.gfile.remove(path)
 
 
+# Settings a continued search may change: the budget and the output, not what a trial is.
+MAY_CHANGE = ("name", "search_dir", "tuner.max_trials", "tuner.verbose",
+              "tuner.max_consecutive_failed_trials", "tuner.max_retries_per_trial")
+
+
+# Paths compared as absolute paths (the demo passes the sample by its absolute path).
+PATH_KEYS = ("preset", "data.input", "data.cache_dir", "cluster.data", "cluster.work_dir")
+
+
+def _flat(d, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    for k, v in out.items():  # 1e-4 (text in YAML 1.1) and 0.0001 are the same setting
+        out[k] = [as_number(x) for x in v] if isinstance(v, list) else as_number(v)
+    for k in PATH_KEYS:
+        v = out.get(k)
+        if isinstance(v, str) and "://" not in v and os.path.exists(v):
+            out[k] = os.path.abspath(v)
+    return out
+
+
+def check_same_search(cfg: SearchConfig) -> None:
+    """Refuse to continue a search in ``cfg.search_dir`` that was started with another
+    config (keras-tuner would reuse its trials and report them as this config's)."""
+    path = join(cfg.search_dir, "search_config.yaml")
+    if not (tf.io.gfile.exists(path)
+            and tf.io.gfile.exists(join(project_dir(cfg.search_dir), "oracle.json"))):
+        return
+    with tf.io.gfile.GFile(path, "r") as f:
+        old = _flat(yaml.safe_load(f.read()) or {})
+    new = _flat(yaml.safe_load(yaml.safe_dump(cfg.to_dict())) or {})
+    changed = [k for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and k not in MAY_CHANGE]
+    if changed:
+        what = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+        raise ConfigError(
+            f"{cfg.search_dir} holds a search started with another config ({what}); run "
+            "the same config to continue it, --restart to start over, or use another "
+            "search_dir")
+
+
 def write_config(cfg: SearchConfig) -> str:
     path = join(cfg.search_dir, "search_config.yaml")
     models.write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -523,6 +568,8 @@ def run_search(cfg: SearchConfig, restart: bool = False, verbose: Optional[int] 
     if restart and is_worker():
         raise ConfigError("--restart is for the chief (or a single process), not a worker")
     speaker = cfg.task == SPEAKER_TASK
+    if not restart and not is_worker():
+        check_same_search(cfg)
     manifest = None if speaker else prepare_cache(cfg)
     if restart:
         clear_results(cfg.search_dir)
@@ -564,6 +611,13 @@ def run_search(cfg: SearchConfig, restart: bool = False, verbose: Optional[int] 
     results = tuning_results.write_results(cfg, tuner.project_dir)
     results["seconds"] = round(time.time() - started, 1)
     results["frozen_features_computed"] = list(features.computed) if features else []
+    rows = results["rows"]
+    if failure is None and rows and not results["best"] and all(
+            r["status"] in ("FAILED", "INVALID") for r in rows):
+        raise SearchFailed(
+            f"every trial failed ({len(rows)}). Reasons:\n"
+            + tuning_results.format_failures(rows)
+            + f"\nSee {results['table_md']}; fix the space and run again")
     if failure is not None:
         raise SearchFailed(
             f"the search stopped: {cfg.tuner.max_consecutive_failed_trials} trials failed in a "

@@ -106,9 +106,10 @@ def load_rows(project_dir: str) -> list[dict]:
         if status in ("RUNNING", "IDLE") and last.get("status") in ("FAILED", "INVALID",
                                                                      "COMPLETED"):
             status = last["status"]  # the search stopped before keras-tuner saved the trial
-        epochs = values.get("tuner/epochs")
+        # the epochs it ran: early stopping may end a Hyperband trial before tuner/epochs
+        epochs = last.get("final_epoch")
         if epochs is None:
-            epochs = last.get("final_epoch")
+            epochs = values.get("tuner/epochs")
         reason = ""
         if status in ("FAILED", "INVALID"):
             reason = last.get("reason") or failure_reason(state.get("message"))
@@ -118,6 +119,8 @@ def load_rows(project_dir: str) -> list[dict]:
             "objective": state.get("score"),
             # a speaker trial records its best training step itself (keras-tuner: 0)
             "best_step": last.get("best_step", state.get("best_step")),
+            # keras-tuner counts best_step from the fit's first epoch, this one
+            "initial_epoch": values.get("tuner/initial_epoch", last.get("initial_epoch")),
             "epochs": epochs,
             "steps": last.get("steps"),
             "seconds": round(sum(a.get("seconds", 0) for a in finished), 1) if finished else None,
@@ -127,7 +130,10 @@ def load_rows(project_dir: str) -> list[dict]:
             "hyperparameters": {k: v for k, v in values.items() if not k.startswith("tuner/")},
             "reason": reason,
         })
-    return rows
+    # keras-tuner pads ids to len(str(max_trials)): a search continued with a larger
+    # max_trials mixes "9" and "10"/"05", which sort wrongly as text
+    return sorted(rows, key=lambda r: (0, int(r["trial"]), "") if str(r["trial"]).isdigit()
+                  else (1, 0, str(r["trial"])))
 
 
 def completed(rows: list[dict]) -> list[dict]:
@@ -293,15 +299,19 @@ def format_summary(results: dict) -> str:
         lines.append("failed trials:\n" + format_failures(rows))
     lines.append(f"table: {results['table_md']} (and {results['table_csv']})")
     lines.append("plots: " + ", ".join(results["plots"]))
-    lines.append(f"best hyperparameters: {results['best_yaml']}")
+    if results.get("best_yaml"):
+        lines.append(f"best hyperparameters: {results['best_yaml']}")
     return "\n".join(lines)
 
 
 def best_epochs(row: dict, max_epochs: int) -> int:
-    """Epochs up to the best one (keras-tuner's best_step is the 0-based epoch)."""
+    """Epochs up to the best one, counted from the start: keras-tuner's best_step is the
+    0-based epoch of this trial's own fit, which a Hyperband continuation starts at
+    ``initial_epoch`` (on the weights of the trial it continues)."""
     step = row.get("best_step")
     if isinstance(step, (int, float)) and step >= 0:
-        return max(1, min(int(step) + 1, int(max_epochs)))
+        start = int(row.get("initial_epoch") or 0)
+        return max(1, min(start + int(step) + 1, int(max_epochs)))
     return int(row.get("epochs") or max_epochs)
 
 

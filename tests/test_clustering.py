@@ -85,3 +85,19 @@ def test_one_cluster_baseline_shows_why_fmi_misleads():
     assert m["fmi"] == pytest.approx(skm.fowlkes_mallows_score(y, np.zeros(len(y)))) and m["fmi"] > 0.6
     table = clustering.format_table({"one_cluster": res})
     assert "one_cluster" in table and "fmi" in table
+
+
+def test_a_one_speaker_book_is_not_scored():
+    """A book with one speaker has nothing to cluster: any one cluster scores ARI 1 there,
+    which lifted the macro of every system (one_cluster's ARI is 0, as the README says)."""
+    z1, y1 = blobs(2)
+    y = np.concatenate([y1, np.zeros(8, int)])
+    z = np.concatenate([z1, np.random.default_rng(1).normal(size=(8, z1.shape[1]))])
+    g = np.array([0] * len(y1) + [1] * 8)
+    one = clustering.one_cluster_baseline(y, g, ["A", "Solo"])
+    assert one["macro"]["one_cluster"]["ari"] == 0.0 and one["skipped"] == ["Solo"]
+    res = clustering.evaluate_books(z, y, g, methods=("bisecting_kmeans",),
+                                    group_names=["A", "Solo"])
+    assert set(res["per_book"]) == {"A"} and res["skipped"] == ["Solo"]
+    ari = res["per_book"]["A"]["bisecting_kmeans"]["ari"]
+    assert res["macro"]["bisecting_kmeans"]["ari"] == ari

@@ -50,6 +50,13 @@ def test_reader_quotes_contexts_and_narrative(tmp_path):
         assert e["text"] in pdnc.clean(NOVEL)
 
 
+@pytest.mark.parametrize("ratio", [-1.0, float("nan"), float("inf")])
+def test_a_bad_narrative_ratio_is_a_config_error(tmp_path, ratio):
+    root = make_book(tmp_path / "pdnc")
+    with pytest.raises(ConfigError, match="narrative_ratio"):
+        pdnc.read_pdnc(str(root), narrative_ratio=ratio)
+
+
 def test_narrative_chunks_never_overlap_spans():
     spans = [span("Yes,"), span("I will go."), span("Stay,")]
     for s, e in pdnc._narrative_chunks(NOVEL, spans, min_words=1):

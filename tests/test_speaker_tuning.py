@@ -176,9 +176,10 @@ def test_failures_restart_and_bad_data(base_cfg, tmp_path, monkeypatch):  # noqa
     assert "loss became nan" in open(results["table_md"]).read()
     assert results["best"]["objective"] == 0.25
 
-    again = tuning.run_search(search_config.build_config(raw, ["tuner.max_trials=1"]),
-                              restart=True)
-    assert len(again["rows"]) == 1 and len(_attempts(raw["search_dir"])) == 1
+    with pytest.raises(tuning.SearchFailed, match="every trial failed"):
+        tuning.run_search(search_config.build_config(raw, ["tuner.max_trials=1"]),
+                          restart=True)
+    assert len(_attempts(raw["search_dir"])) == 1
     assert not os.path.exists(tmp_path / "s" / "best.yaml")  # trial 0 failed: no best
 
     def bad_data(*args, **kwargs):

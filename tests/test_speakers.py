@@ -133,11 +133,48 @@ def test_supcon_and_build_and_fit(base_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("override", ["final=relu", "monitor=fmi", "sigma=2", "projection_hidden=a,b",
-                                      "methods=kmeans", "max_seq_length=999"])
+                                      "methods=kmeans", "max_seq_length=999", "k=foo", "k=0",
+                                      "k=-2", "dropout=1.5", "narrative_ratio=-1",
+                                      "narrative_ratio=.nan", "log_every=0",
+                                      "max_eval_quotes=-1", "quote_words=-1"])
 def test_bad_settings_are_config_errors(override):
     cfg = speakers.config_from_args(None, [override])
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
         speakers.validate(cfg)
+
+
+@pytest.mark.parametrize("override", ["k=gold", "k=estimate", "k=3", "dropout=0.0"])
+def test_good_settings_pass(override):
+    speakers.validate(speakers.config_from_args(None, [override]))
+
+
+def test_a_failed_retrain_leaves_no_earlier_weights_to_evaluate(base_cfg, tmp_path):
+    """Retraining into a model dir stops at a NaN loss before its first checkpoint:
+    evaluate must not score the earlier run's weights under the new config."""
+    from kt_pipeline.errors import KtError
+
+    cfg = dataclasses.replace(base_cfg, model_dir=str(tmp_path / "m"), steps=2, eval_every=2)
+    speakers.train(cfg, log=lambda *_: None, plots=False)
+    speakers.evaluate(cfg.model_dir, "test", log=lambda *_: None, plots=False)
+    assert os.path.exists(os.path.join(cfg.model_dir, "results_test.json"))
+    bad = dataclasses.replace(cfg, learning_rate=1e30)
+    with pytest.raises(KtError, match="loss became"):
+        speakers.train(bad, log=lambda *_: None, plots=False)
+    assert not os.path.exists(os.path.join(cfg.model_dir, "results_test.json"))
+    with pytest.raises(KtError, match="no best.weights.h5"):
+        speakers.evaluate(cfg.model_dir, "test", log=lambda *_: None, plots=False)
+
+
+def test_a_split_of_one_speaker_books_is_a_data_error():
+    from kt_pipeline.errors import DataError
+
+    data = speakers.SplitData(ids=[np.array([1, 2])] * 5, labels=np.array([0, 0, 1, 1, 2]),
+                              groups=np.array([0, 0, 1, 1, 1]), group_names=["A", "B"],
+                              narrative=np.array([False, False, False, False, True]))
+    with pytest.raises(DataError, match="two or more speakers"):
+        speakers.check_scorable(data, "validation")
+    two = data._replace(labels=np.array([0, 3, 1, 1, 2]))
+    assert speakers.check_scorable(two, "validation") == ["B"]
 
 
 def test_cli_prepare(tmp_path, capsys):

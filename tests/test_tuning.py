@@ -102,10 +102,56 @@ def test_overrides_flags_and_space_kinds(tmp_path):
     ("space.max_seq_length=[1024]", "data.max_length"),
     ("space.learning_rate={min: 0, max: 1, sampling: log}", "min > 0"),
     ("bogus.key=1", "unknown section"),
+    ("space.learning_rate={min: 1.0e-4, max: 1.0e-3, step: 0}", "step"),
+    ("space.dropout={min: 0.0, max: 0.3, step: -0.1}", "step"),
+    ("train.pooling=max", "train.pooling"),
+    ("tuner.objective=val_f1", "tuner.objective"),
+    ("tuner.max_consecutive_failed_trials=0", "tuner.max_consecutive_failed_trials"),
+    ("tuner.hyperband_iterations=0", "tuner.hyperband_iterations"),
+    ("tuner.early_stopping_patience=-1", "tuner.early_stopping_patience"),
+    ("tuner.max_retries_per_trial=-1", "tuner.max_retries_per_trial"),
+    ("data.max_train_examples=-5", "data.max_train_examples"),
+    ("train.padding=none", "train.padding"),
 ])
 def test_bad_settings_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         search_config.build_config({"data": {"input": "x.csv"}}, [override])
+
+
+@pytest.mark.parametrize("override", ["space.dropout=[0, 0.1]",
+                                      "space.warmup_fraction=[0, 0.1]"])
+def test_int_and_float_choices_register(override):
+    """[0, 0.1] is a choice of floats (keras-tuner's Choice takes a single type)."""
+    import keras_tuner
+
+    cfg = search_config.build_config({"data": {"input": "x.csv"}}, [override])
+    hp = keras_tuner.HyperParameters()
+    for p in cfg.space.values():
+        p.register(hp)
+    name = override.split("=")[0].split(".")[1]
+    assert hp.get(name) in (0.0, 0.1) and isinstance(hp.get(name), float)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("space: {dropout: {min: 0.1}}", r"c\.yaml: space\.dropout"),
+    ("space: {batch_size: [16, 16]}", r"c\.yaml: space\.batch_size"),
+    ("tuner: [1]", r"c\.yaml: tuner must be a mapping"),
+])
+def test_config_file_errors_name_the_file_and_key(tmp_path, text, needle):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {input: x.csv}\n" + text + "\n")
+    with pytest.raises(ConfigError, match=needle):
+        search_config.load_config(str(path), ["tuner.verbose=0"])
+
+
+def test_max_trials_with_hyperband_is_reported_as_ignored():
+    raw = {"data": {"input": "x.csv"}, "tuner": {"type": "hyperband"}}
+    assert search_config.config_warnings(search_config.build_config(raw)) == []
+    cfg = search_config.build_config(raw, ["tuner.max_trials=2"])
+    [text] = search_config.config_warnings(cfg)
+    assert "max_trials=2 is ignored by hyperband" in text
+    cfg = search_config.build_config(raw, ["tuner.max_trials=2", "tuner.type=random"])
+    assert search_config.config_warnings(cfg) == []
 
 
 def test_shipped_configs_parse():
@@ -144,6 +190,27 @@ def test_hyperband_continuation_continues_the_schedule(tiny_cache, tiny_preset, 
         assert rec["first_learning_rate"] != pytest.approx(float(sched(0)), rel=1e-3)
         # the continued trial trained only the remaining epochs
         assert rec["final_epoch"] == row["epochs"]
+        # retraining it (best.yaml, --export-best) counts the epochs it continued from
+        assert rec["initial_epoch"] < tuning_results.best_epochs(row, 3) <= row["epochs"]
+
+
+def test_the_table_counts_the_epochs_a_stopped_trial_ran(tiny_cache, tiny_preset, tmp_path):
+    """Early stopping ends a flat Hyperband trial before its tuner/epochs."""
+    from kt_pipeline import tuning, tuning_results
+
+    raw = search_raw(tiny_cache, tiny_preset, tmp_path / "s",
+                     tuner={"type": "hyperband", "max_epochs": 3, "factor": 3,
+                            "early_stopping_patience": 1},
+                     space={"learning_rate": 1.0e-9, "max_seq_length": 16})
+    cfg = search_config.build_config(raw)
+    results = tuning.run_search(cfg)
+    stopped = 0
+    for row in results["rows"]:
+        [rec] = tuning_results.load_attempts(
+            f"{tuning.project_dir(cfg.search_dir)}/trial_{row['trial']}")
+        assert row["epochs"] == rec["final_epoch"]
+        stopped += rec["final_epoch"] < rec["epochs"]
+    assert stopped, "a flat objective with patience 1 stops some 3-epoch trial early"
 
 
 # ------------------------------------------------------------ failed trials
@@ -170,6 +237,43 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(tiny_cache, tiny_pres
     table = open(results["table_md"]).read()
     assert "loss became nan" in table
     assert "failed trials" in tuning_results.format_summary(results)
+
+
+def test_a_search_whose_every_trial_failed_is_an_error(tiny_cache, tiny_preset, tmp_path):
+    """Fewer trials than max_consecutive_failed_trials, all failed: not a success (exit 0)."""
+    from kt_pipeline import tuning
+
+    raw = search_raw(tiny_cache, tiny_preset, tmp_path / "s",
+                     tuner={"max_trials": 2, "max_consecutive_failed_trials": 3},
+                     space={"learning_rate": 1e30})
+    with pytest.raises(tuning.SearchFailed, match="every trial failed"):
+        tuning.run_search(search_config.build_config(raw))
+    assert open(tmp_path / "s" / "results" / "trials.csv").read().count("FAILED") == 2
+
+
+def test_rows_are_in_numeric_trial_order(tmp_path):
+    """A search continued with a larger max_trials has ids '8', '9', '10' (then '05'...)."""
+    from kt_pipeline import tuning_results
+
+    for tid in ("8", "9", "10", "11"):
+        (tmp_path / f"trial_{tid}").mkdir()
+        (tmp_path / f"trial_{tid}" / "trial.json").write_text(json.dumps({
+            "trial_id": tid, "status": "COMPLETED", "score": 0.5,
+            "hyperparameters": {"values": {"dropout": 0.1}}}))
+    rows = tuning_results.load_rows(str(tmp_path))
+    assert [r["trial"] for r in rows] == ["8", "9", "10", "11"]
+
+
+def test_summary_without_a_completed_trial_names_no_best_file():
+    from kt_pipeline import tuning_results
+
+    rows = [{"trial": "0", "status": "FAILED", "reason": "loss became nan"}]
+    text = tuning_results.format_summary({
+        "search_dir": "s", "objective": "val_accuracy", "rows": rows, "best": None,
+        "table_md": "s/results/trials.md", "table_csv": "s/results/trials.csv",
+        "plots": [], "best_yaml": None})
+    assert "no completed trial" in text and "trial 0: loss became nan" in text
+    assert "None" not in text
 
 
 def test_too_many_failures_stop_with_reasons(tiny_cache, tiny_preset, tmp_path):
@@ -261,6 +365,29 @@ def test_restart_starts_over(tiny_cache, tiny_preset, tmp_path):
     raw["tuner"]["max_trials"] = 1
     results = tuning.run_search(search_config.build_config(raw), restart=True)
     assert len(results["rows"]) == 1
+
+
+def test_a_changed_config_is_refused_in_the_same_search_dir(tiny_cache, tiny_preset,
+                                                              tmp_path, capsys):
+    """The same search_dir with another space would report the old trials as this one's."""
+    from kt_pipeline import cli, tuning
+
+    raw = search_raw(tiny_cache, tiny_preset, tmp_path / "s", tuner={"max_trials": 1})
+    tuning.run_search(search_config.build_config(raw))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    argv = ["tune", "--config", str(config), "--quiet"]
+    assert cli.main(argv + ["--set", "space.learning_rate=[0.5]"]) == 2
+    err = capsys.readouterr().err
+    assert "space.learning_rate" in err and "--restart" in err
+    assert "Traceback" not in err
+    kept = yaml.safe_load(open(tmp_path / "s" / "search_config.yaml"))
+    assert kept["space"]["learning_rate"] == raw["space"]["learning_rate"]
+    # a larger budget continues the same search, the cache named by a relative path too
+    relative = os.path.relpath(tiny_cache)
+    same_lr = "space.learning_rate={min: 1e-3, max: 1e-2, sampling: log}"  # text in YAML 1.1
+    assert cli.main(argv + ["--max-trials", "2", "--cache", relative, "--set", same_lr]) == 0
+    assert "2 trial(s)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("root", ["local", "ram"])

@@ -84,6 +84,10 @@ def run(args) -> int:
 
         raise ConfigError("--oracle-address/--tuner-id need --role chief or --role worker")
     cfg = resolve_config(args)
+    from kt_pipeline.search_config import config_warnings
+
+    for text in config_warnings(cfg):
+        print(f"warning: {text}", file=sys.stderr)
     if args.export_best:
         tuning.check_exportable(cfg)
     results = tuning.run_search(cfg, restart=args.restart)
