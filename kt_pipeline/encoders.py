@@ -450,3 +450,12 @@ def tokenizer_fingerprint(tokenizer) -> dict:
 
 def fingerprint_digest(fp: dict) -> str:
     return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint_difference(want: dict, have: dict) -> str | None:
+    """None when two tokenizer fingerprints match, else how they differ, for an error:
+    ``"BertTokenizer vs RobertaTokenizer, vocabulary 30522 vs 50265"``."""
+    if fingerprint_digest(want) == fingerprint_digest(have):
+        return None
+    return (f"{want.get('class')} vs {have.get('class')}, vocabulary "
+            f"{want.get('vocabulary_size')} vs {have.get('vocabulary_size')}")

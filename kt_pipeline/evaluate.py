@@ -149,11 +149,11 @@ def check_tokenizer(model_dir: str, config: dict, cache_dir: str, manifest: dict
     preset = summary.get("preset") or config.get("preset")
     if not want:
         want = encoders.tokenizer_fingerprint(encoders.load_tokenizer(preset))
-    if encoders.fingerprint_digest(want) != encoders.fingerprint_digest(have):
+    differ = encoders.fingerprint_difference(have, want)
+    if differ:
         raise KtError(
             f"{cache_dir} was tokenized with another tokenizer than {model_dir} was trained "
-            f"with ({have.get('class')} vs {want.get('class')}, vocabulary "
-            f"{have.get('vocabulary_size')} vs {want.get('vocabulary_size')}); evaluate on a "
+            f"with ({differ}); evaluate on a "
             f"cache built with `build-tfrecords --preset {preset or 'default'}`"
         )
 

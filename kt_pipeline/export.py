@@ -250,10 +250,11 @@ def _load_trained_tokenizer(preset, settings: dict, model_dir: str):
         ) from e
     want = settings.get("tokenizer")
     have = encoders.tokenizer_fingerprint(tokenizer)
-    if want and encoders.fingerprint_digest(want) != encoders.fingerprint_digest(have):
+    differ = want and encoders.fingerprint_difference(have, want)
+    if differ:
         raise ExportError(
             f"the tokenizer of preset {preset!r} differs from the one {model_dir} was trained "
-            f"with (vocabulary {have.get('vocabulary_size')} vs {want.get('vocabulary_size')}); "
+            f"with ({differ}); "
             "pass --preset with the training encoder"
         )
     return tokenizer

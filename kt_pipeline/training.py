@@ -433,11 +433,11 @@ def check_tokenizer(preset, manifest: dict, cache_dir: str) -> None:
     if not want:
         return
     have = encoders.tokenizer_fingerprint(encoders.load_tokenizer(preset))
-    if encoders.fingerprint_digest(have) != encoders.fingerprint_digest(want):
+    differ = encoders.fingerprint_difference(want, have)
+    if differ:
         raise ConfigError(
             f"{cache_dir} was tokenized for preset {manifest.get('preset')!r}, which does not "
-            f"match preset {preset!r} ({want.get('class')} vs {have.get('class')}, vocabulary "
-            f"{want.get('vocabulary_size')} vs {have.get('vocabulary_size')}); rebuild the cache "
+            f"match preset {preset!r} ({differ}); rebuild the cache "
             "with this --preset or train with the cache's preset"
         )
 
