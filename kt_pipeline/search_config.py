@@ -119,8 +119,10 @@ class ParamSpec:
         if self.kind == "fixed":
             return hp.Fixed(self.name, self.value)
         if self.kind == "choice":
-            if sorted(map(repr, self.values)) == ["False", "True"]:
-                return hp.Boolean(self.name)  # Choice would store 0/1
+            if all(isinstance(v, bool) for v in self.values):  # Choice would store 0/1
+                if len(set(self.values)) == 1:
+                    return hp.Fixed(self.name, bool(self.values[0]))
+                return hp.Boolean(self.name)
             return hp.Choice(self.name, self.values)
         if self.kind == "int":
             return hp.Int(self.name, int(self.min), int(self.max),

@@ -69,11 +69,12 @@ def check_tpu_paths(paths: dict) -> None:
     bad = {k: v for k, v in paths.items() if v is not None and not str(v).startswith("gs://")}
     if bad:
         listing = ", ".join(f"{k}={v!r}" for k, v in bad.items())
+        cache = str(bad.get("cache_dir") or paths.get("cache_dir") or "CACHE_DIR").rstrip("/")
         raise StrategyError(
             f"on a TPU all data and output paths must be gs:// paths (the TPU workers "
             f"cannot read local files; the failure would otherwise be \"File system "
             f"scheme '[local]' not implemented\" deep inside the run): {listing}. Copy "
-            f"the cache to a bucket (`gsutil -m cp -r tfrecords/demo gs://BUCKET/tfrecords/`) "
+            f"the cache to a bucket (`gsutil -m cp -r {cache} gs://BUCKET/tfrecords/`) "
             f"and pass --cache gs://BUCKET/... --model-dir gs://BUCKET/runs/..."
         )
 

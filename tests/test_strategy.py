@@ -15,6 +15,14 @@ def test_tpu_paths_must_be_gcs():
     assert "gs://" in msg and "[local]" in msg
 
 
+def test_tpu_path_error_names_the_cache_to_copy():
+    # The hint used to say `gsutil -m cp -r tfrecords/demo ...` whatever the cache was.
+    with pytest.raises(strategy.StrategyError) as err:
+        strategy.check_tpu_paths({"cache_dir": "tfrecords/sst2", "model_dir": "runs/x"})
+    msg = str(err.value)
+    assert "cp -r tfrecords/sst2 gs://" in msg and "tfrecords/demo" not in msg
+
+
 def test_explicit_tpu_with_local_paths_fails_before_looking_for_a_tpu(monkeypatch):
     def no_probe():
         raise AssertionError("must not probe for a TPU before checking paths")

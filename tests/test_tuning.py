@@ -132,6 +132,21 @@ def test_int_and_float_choices_register(override):
     assert hp.get(name) in (0.0, 0.1) and isinstance(hp.get(name), float)
 
 
+@pytest.mark.parametrize("override, value", [("space.freeze_body=[true]", True),
+                                             ("space.freeze_body=[false]", False),
+                                             ("space.freeze_body=[true, false]", None)])
+def test_boolean_choices_register_as_booleans(override, value):
+    """keras-tuner's Choice stores [True] as 1: best.yaml then said freeze_body: 1."""
+    import keras_tuner
+
+    cfg = search_config.build_config({"data": {"input": "x.csv"}}, [override])
+    hp = keras_tuner.HyperParameters()
+    got = cfg.space["freeze_body"].register(hp)
+    assert isinstance(got, bool) and isinstance(hp.get("freeze_body"), bool)
+    if value is not None:
+        assert got is value
+
+
 @pytest.mark.parametrize("text, needle", [
     ("space: {dropout: {min: 0.1}}", r"c\.yaml: space\.dropout"),
     ("space: {batch_size: [16, 16]}", r"c\.yaml: space\.batch_size"),
