@@ -200,6 +200,8 @@ def test_settings_are_validated(tmp_path):
         cache.CacheSettings(ratios=(0.5, 0.1, 0.1))
     with pytest.raises(ConfigError, match="group-col"):
         cache.CacheSettings(task="clustering")
+    with pytest.raises(ConfigError, match="'id' listed more than once"):
+        cache.CacheSettings(extra_cols=("id", "label", "id"))
     assert cache.default_cache_dir("../shared/data/sst2/train.tsv") == os.path.join("tfrecords", "train")
 
 
