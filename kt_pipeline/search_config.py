@@ -433,7 +433,7 @@ def build_config(raw: dict, overrides: Optional[list] = None, source: str = "con
                     "data.cache_dir, epochs under tuner.max_epochs)"
                 )
         try:
-            setattr(cfg, section, from_dict(cls, data, source=f"{source}: {section}"))
+            setattr(cfg, section, from_dict(cls, data, source=source, section=section))
         except ConfigError as e:
             msg = str(e)
             raise ConfigError(msg if msg.startswith(source) else f"{source}: {section}.{msg}") from None
@@ -577,7 +577,7 @@ def build_cluster_config(raw: dict, overrides: Optional[list] = None,
     for name, cls, values in (("cluster", speakers.ClusterConfig, fixed),
                               ("tuner", TunerConfig, tuner)):
         try:
-            setattr(cfg, name, from_dict(cls, values, source=f"{source}: {name}"))
+            setattr(cfg, name, from_dict(cls, values, source=source, section=name))
         except ConfigError as e:
             msg = str(e)
             msg = msg if msg.startswith(source) else f"{source}: {name}.{msg}"

@@ -98,7 +98,7 @@ def test_overrides_flags_and_space_kinds(tmp_path):
     ("space.dropout=1.5", "space.dropout"),
     ("space.nope=1", "nope"),
     ("tuner.type=grid", "tuner.type"),
-    ("tuner.max_trials=x", "max_trials"),
+    ("tuner.max_trials=x", "tuner.max_trials="),
     ("space.max_seq_length=[1024]", "data.max_length"),
     ("space.learning_rate={min: 0, max: 1, sampling: log}", "min > 0"),
     ("bogus.key=1", "unknown section"),
