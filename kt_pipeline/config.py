@@ -93,17 +93,19 @@ def _coerce(value: Any, current: Any, field: dataclasses.Field) -> Any:
     return value
 
 
-def from_dict(cls, data: dict, source: str = "config", section: str = ""):
+def from_dict(cls, data: dict, source: str = "config", section: str = "",
+              not_here: frozenset = frozenset()):
     """Build dataclass `cls` from a dict, rejecting unknown keys with the valid ones.
 
     Errors start with `source` (the file) and name the key (``section.key`` in a section).
+    `not_here`: field names that are set elsewhere, left out of the valid keys listed.
     """
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(
             f"{source}{': ' + section if section else ''}: unknown key(s) {', '.join(unknown)}; "
-            f"valid keys: {', '.join(sorted(names))}"
+            f"valid keys: {', '.join(sorted(set(names) - set(not_here)))}"
         )
     obj = cls()
     for k, v in data.items():

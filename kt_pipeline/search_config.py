@@ -424,8 +424,10 @@ def build_config(raw: dict, overrides: Optional[list] = None, source: str = "con
         data = raw.get(section) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: {section} must be a mapping, got {data!r}")
+        elsewhere = frozenset()
         if section == "train":
-            owned = sorted(set(data) & (set(NOT_IN_TRAIN) - set(TUNABLE) | set(cfg.space)))
+            elsewhere = frozenset(set(NOT_IN_TRAIN) - set(TUNABLE) | set(cfg.space))
+            owned = sorted(set(data) & elsewhere)
             if owned:
                 raise ConfigError(
                     f"{source}: train.{owned[0]} is set elsewhere (keys in the search space "
@@ -433,7 +435,8 @@ def build_config(raw: dict, overrides: Optional[list] = None, source: str = "con
                     "data.cache_dir, epochs under tuner.max_epochs)"
                 )
         try:
-            setattr(cfg, section, from_dict(cls, data, source=source, section=section))
+            setattr(cfg, section, from_dict(cls, data, source=source, section=section,
+                                             not_here=elsewhere))
         except ConfigError as e:
             msg = str(e)
             raise ConfigError(msg if msg.startswith(source) else f"{source}: {section}.{msg}") from None

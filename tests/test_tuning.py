@@ -118,6 +118,20 @@ def test_bad_settings_name_the_key(override, needle):
         search_config.build_config({"data": {"input": "x.csv"}}, [override])
 
 
+def test_unknown_train_key_lists_only_keys_train_accepts():
+    raw = {"data": {"input": "x.csv"}, "train": {"bogus": 1}}
+    with pytest.raises(ConfigError, match="unknown key") as e:
+        search_config.build_config(raw)
+    listed = str(e.value).split("valid keys: ")[1].split(", ")
+    assert "pooling" in listed
+    for key in listed:  # every key it offers is one that train: then takes
+        try:
+            search_config.build_config({"data": {"input": "x.csv"},
+                                        "train": {key: "__probe__"}})
+        except ConfigError as err:
+            assert "set elsewhere" not in str(err), key
+
+
 @pytest.mark.parametrize("override", ["space.dropout=[0, 0.1]",
                                       "space.warmup_fraction=[0, 0.1]"])
 def test_int_and_float_choices_register(override):
