@@ -96,7 +96,8 @@ def list_books(root: str) -> list:
             parent, name = posixpath.split(root.rstrip("/"))
             raise DataError(
                 f"{root} is a single novel's folder; pass the folder that holds the novel "
-                f"folders, and pick novels with --books, e.g. {parent or '.'} --books {name}")
+                f"folders and pick novels by name: {parent or '.'} with --books {name} "
+                f"(cluster prepare) or --set books={name} (cluster train)")
         raise DataError(f"{root}: no novel folders with {QUOTE_FILE} found")
     return books
 
