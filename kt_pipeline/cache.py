@@ -118,6 +118,11 @@ class CacheSettings:
     def __post_init__(self):
         fix = object.__setattr__
         fix(self, "extra_cols", tuple(self.extra_cols or ()))
+        twice = sorted({c for c in self.extra_cols if self.extra_cols.count(c) > 1})
+        if twice:
+            raise ConfigError(
+                f"--extra-cols {','.join(self.extra_cols)}: {', '.join(map(repr, twice))} "
+                "listed more than once (each is stored once as x_<col>); list each column once")
         fix(self, "ratios", tuple(float(r) for r in self.ratios))
         if self.labels is not None:
             fix(self, "labels", tuple(str(x).strip() for x in self.labels))

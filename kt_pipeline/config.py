@@ -93,17 +93,26 @@ def _coerce(value: Any, current: Any, field: dataclasses.Field) -> Any:
     return value
 
 
-def from_dict(cls, data: dict, source: str = "config"):
-    """Build dataclass `cls` from a dict, rejecting unknown keys with the valid ones."""
+def from_dict(cls, data: dict, source: str = "config", section: str = "",
+              not_here: frozenset = frozenset()):
+    """Build dataclass `cls` from a dict, rejecting unknown keys with the valid ones.
+
+    Errors start with `source` (the file) and name the key (``section.key`` in a section).
+    `not_here`: field names that are set elsewhere, left out of the valid keys listed.
+    """
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(
-            f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}"
+            f"{source}{': ' + section if section else ''}: unknown key(s) {', '.join(unknown)}; "
+            f"valid keys: {', '.join(sorted(set(names) - set(not_here)))}"
         )
     obj = cls()
     for k, v in data.items():
-        setattr(obj, k, _coerce(v, getattr(obj, k), names[k]))
+        try:
+            setattr(obj, k, _coerce(v, getattr(obj, k), names[k]))
+        except ConfigError as e:  # name the file: "steps='many': expected int" alone is not enough
+            raise ConfigError(f"{source}: {section + '.' if section else ''}{e}") from None
     return obj
 
 

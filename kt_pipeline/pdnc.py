@@ -92,6 +92,12 @@ def list_books(root: str) -> list:
     books = sorted(n.rstrip("/") for n in gf.listdir(root)
                    if gf.exists(posixpath.join(root, n.rstrip("/"), QUOTE_FILE)))
     if not books:
+        if gf.exists(posixpath.join(root, QUOTE_FILE)):  # one novel's folder, not the root
+            parent, name = posixpath.split(root.rstrip("/"))
+            raise DataError(
+                f"{root} is a single novel's folder; pass the folder that holds the novel "
+                f"folders and pick novels by name: {parent or '.'} with --books {name} "
+                f"(cluster prepare) or --set books={name} (cluster train)")
         raise DataError(f"{root}: no novel folders with {QUOTE_FILE} found")
     return books
 

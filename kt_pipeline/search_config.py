@@ -426,8 +426,10 @@ def build_config(raw: dict, overrides: Optional[list] = None, source: str = "con
         data = raw.get(section) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: {section} must be a mapping, got {data!r}")
+        elsewhere = frozenset()
         if section == "train":
-            owned = sorted(set(data) & (set(NOT_IN_TRAIN) - set(TUNABLE) | set(cfg.space)))
+            elsewhere = frozenset(set(NOT_IN_TRAIN) - set(TUNABLE) | set(cfg.space))
+            owned = sorted(set(data) & elsewhere)
             if owned:
                 raise ConfigError(
                     f"{source}: train.{owned[0]} is set elsewhere (keys in the search space "
@@ -435,7 +437,8 @@ def build_config(raw: dict, overrides: Optional[list] = None, source: str = "con
                     "data.cache_dir, epochs under tuner.max_epochs)"
                 )
         try:
-            setattr(cfg, section, from_dict(cls, data, source=f"{source}: {section}"))
+            setattr(cfg, section, from_dict(cls, data, source=source, section=section,
+                                             not_here=elsewhere))
         except ConfigError as e:
             msg = str(e)
             raise ConfigError(msg if msg.startswith(source) else f"{source}: {section}.{msg}") from None
@@ -579,7 +582,7 @@ def build_cluster_config(raw: dict, overrides: Optional[list] = None,
     for name, cls, values in (("cluster", speakers.ClusterConfig, fixed),
                               ("tuner", TunerConfig, tuner)):
         try:
-            setattr(cfg, name, from_dict(cls, values, source=f"{source}: {name}"))
+            setattr(cfg, name, from_dict(cls, values, source=source, section=name))
         except ConfigError as e:
             msg = str(e)
             msg = msg if msg.startswith(source) else f"{source}: {name}.{msg}"

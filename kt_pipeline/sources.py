@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import sys
+import unicodedata
 from typing import Iterator, Optional, Sequence
 
 from kt_pipeline.errors import DataError
@@ -39,7 +40,7 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 SKIP_REASONS = (
     "undecodable",  # bytes that are not UTF-8
     "malformed",  # wrong field count, broken quoting, invalid JSON, not a JSON object
-    "empty_text",  # text missing, empty or whitespace-only
+    "empty_text",  # text missing, empty, or only whitespace/control/format characters
     "missing_label",  # label column empty / missing
     "missing_group",  # group column empty / missing (when a group column is set)
     "label_not_in_set",  # label outside --labels or the inferred set (see cache.py)
@@ -239,6 +240,15 @@ def detect_delimiter(first_line: str, fmt: str) -> str:
     return max(_SNIFF_DELIMITERS, key=lambda d: counts[d])
 
 
+def is_blank_text(text: str) -> bool:
+    """True when `text` has nothing a tokenizer keeps: only whitespace, control (Cc) and
+    format (Cf, e.g. zero-width space U+200B, BOM) characters, which WordPiece drops, so
+    the row would be stored as just [CLS][SEP]."""
+    if not text.strip():
+        return True
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text)
+
+
 class Source:
     """An opened input file: detected settings plus a streaming :meth:`records`.
 
@@ -282,9 +292,13 @@ class Source:
         """Fill in ``skip`` for empty text / label / group."""
         if rec.skip:
             return rec
-        if rec.text is None or not rec.text.strip():
+        if rec.text is None or is_blank_text(rec.text):
             rec.skip, rec.column = "empty_text", self.text_col
-            rec.detail = "the text is empty" if rec.text is not None else "no text"
+            rec.detail = (
+                "no text" if rec.text is None
+                else "the text is empty" if not rec.text.strip()
+                else "the text holds only invisible (control/format) characters"
+            )
         elif self.label_col is not None and not (rec.label or "").strip():
             rec.skip, rec.column, rec.detail = "missing_label", self.label_col, "no label"
         elif self.group_col is not None and not (rec.group or "").strip():

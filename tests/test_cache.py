@@ -85,6 +85,23 @@ def test_manifest_counts_and_stratified_exact(tmp_path, tok):
     assert "rows read 210" in cache.format_summary(m) and "duplicate_text 7" in cache.format_summary(m)
 
 
+def test_text_of_only_invisible_characters_is_empty_text(tmp_path, tok):
+    # A zero-width space, a BOM or control characters tokenize to nothing: such a row
+    # would be stored as just [CLS][SEP], so it is counted as empty_text instead.
+    src = tmp_path / "d.csv"
+    blanks = ["\u200b", "\ufeff\u200d", "\x01\x02", " \u200c\t"]
+    rows = [f"row number {i},pos" for i in range(20)] + [f'"{b}",neg' for b in blanks]
+    src.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    m = cache.build_cache(str(src), str(tmp_path / "c"), tokenizer=tok, progress=False)
+    c = m["counts"]
+    assert c["skipped"]["empty_text"] == len(blanks)
+    assert c["rows_read"] == sum(c["written"].values()) + sum(c["skipped"].values())
+    assert all(len(ids) > 2 for s in reader.SPLITS for ids in _token_ids(m["cache_dir"], s))
+    with pytest.raises(DataError, match="column 'text'.*invisible"):
+        cache.build_cache(str(src), str(tmp_path / "s"), tokenizer=tok, strict=True,
+                          progress=False)
+
+
 def test_same_input_same_settings_gives_identical_bytes(tmp_path, tok):
     src = make_csv(tmp_path / "d.csv", n=150)
     a = cache.build_cache(src, str(tmp_path / "a"), tokenizer=tok, seed=3, progress=False)
@@ -183,6 +200,8 @@ def test_settings_are_validated(tmp_path):
         cache.CacheSettings(ratios=(0.5, 0.1, 0.1))
     with pytest.raises(ConfigError, match="group-col"):
         cache.CacheSettings(task="clustering")
+    with pytest.raises(ConfigError, match="'id' listed more than once"):
+        cache.CacheSettings(extra_cols=("id", "label", "id"))
     assert cache.default_cache_dir("../shared/data/sst2/train.tsv") == os.path.join("tfrecords", "train")
 
 

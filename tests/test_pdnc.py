@@ -69,6 +69,10 @@ def test_unknown_book_and_missing_folder(tmp_path):
         pdnc.read_pdnc(str(root), ["Nope"])
     with pytest.raises(DataError, match="not found"):
         pdnc.read_pdnc(str(tmp_path / "absent"))
+    # A novel's own folder instead of the PDNC root: say so and give the fix.
+    with pytest.raises(DataError,
+                       match=r"single novel.s folder.*--books TinyNovel.*books=TinyNovel"):
+        pdnc.read_pdnc(str(root / "TinyNovel"))
 
 
 def test_window_words_chars_and_quote_only():

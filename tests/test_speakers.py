@@ -143,6 +143,16 @@ def test_bad_settings_are_config_errors(override):
         speakers.validate(cfg)
 
 
+@pytest.mark.parametrize("yaml_text, key", [("steps: many\n", "steps"),
+                                           ("dropout: [0.1]\n", "dropout")])
+def test_config_file_of_the_wrong_type_names_the_file(tmp_path, yaml_text, key):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as e:
+        speakers.config_from_args(str(path), [])
+    assert str(e.value).startswith(f"{path}: {key}=")
+
+
 @pytest.mark.parametrize("override", ["k=gold", "k=estimate", "k=3", "dropout=0.0"])
 def test_good_settings_pass(override):
     speakers.validate(speakers.config_from_args(None, [override]))

@@ -98,7 +98,7 @@ def test_overrides_flags_and_space_kinds(tmp_path):
     ("space.dropout=1.5", "space.dropout"),
     ("space.nope=1", "nope"),
     ("tuner.type=grid", "tuner.type"),
-    ("tuner.max_trials=x", "max_trials"),
+    ("tuner.max_trials=x", "tuner.max_trials="),
     ("space.max_seq_length=[1024]", "data.max_length"),
     ("space.learning_rate={min: 0, max: 1, sampling: log}", "min > 0"),
     ("bogus.key=1", "unknown section"),
@@ -116,6 +116,20 @@ def test_overrides_flags_and_space_kinds(tmp_path):
 def test_bad_settings_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         search_config.build_config({"data": {"input": "x.csv"}}, [override])
+
+
+def test_unknown_train_key_lists_only_keys_train_accepts():
+    raw = {"data": {"input": "x.csv"}, "train": {"bogus": 1}}
+    with pytest.raises(ConfigError, match="unknown key") as e:
+        search_config.build_config(raw)
+    listed = str(e.value).split("valid keys: ")[1].split(", ")
+    assert "pooling" in listed
+    for key in listed:  # every key it offers is one that train: then takes
+        try:
+            search_config.build_config({"data": {"input": "x.csv"},
+                                        "train": {key: "__probe__"}})
+        except ConfigError as err:
+            assert "set elsewhere" not in str(err), key
 
 
 @pytest.mark.parametrize("override", ["space.dropout=[0, 0.1]",
