@@ -24,7 +24,9 @@ EXAMPLES = """
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE = PACKAGE / "data" / "sample_reviews.csv"
-DEMO_CONFIG = PACKAGE.parent / "tuning" / "demo.yaml"
+# inside the package, so a plain (not editable) install has it too; tuning/demo.yaml
+# in a checkout is a link to it
+DEMO_CONFIG = PACKAGE / "data" / "demo.yaml"
 EXAMPLE_TEXTS = [
     "An absolute joy from start to finish. Highly recommended.",
     "The plot is painfully boring and the ending made no sense.",
@@ -47,8 +49,8 @@ def run(args) -> int:
 
     config = args.config or str(DEMO_CONFIG)
     if not pathlib.Path(config).exists() and "://" not in config:
-        raise ConfigError(f"demo config not found: {config}; pass --config tuning/demo.yaml "
-                          "from a checkout of kt-pipeline")
+        raise ConfigError(f"demo config not found: {config}; pass --config with a search "
+                          f"config YAML (the packaged one: {DEMO_CONFIG})")
     # The bundled sample wherever the package is installed (the YAML path is relative).
     overrides = [f"data.input={SAMPLE}"] if args.config is None else []
     cfg = load_config(config, overrides + list(args.overrides))
