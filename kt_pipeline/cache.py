@@ -229,8 +229,12 @@ def scan(source: Source, strict: bool = False, progress: bool = True,
             label(_intern(labels, rec.label))
             group(_intern(groups, rec.group))
             # whitespace runs and ends do not change the token ids: hash the text without them
-            t = rec.text.strip()
-            key = (t if t.isprintable() and "  " not in t else " ".join(t.split())).encode()
+            # (printable: the only whitespace is " ", so without "  " only the ends can differ)
+            t = rec.text
+            if not (t.isprintable() and "  " not in t):
+                key = " ".join(t.split()).encode()
+            else:
+                key = text if t[0] != " " and t[-1] != " " else t.strip().encode()
             hashes(from_bytes(blake(key, digest_size=8).digest(), "little"))
             if write is not None:
                 write(text, rec.group, rec.extras)
