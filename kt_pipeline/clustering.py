@@ -179,7 +179,7 @@ def evaluate_books(embeddings, labels, groups, methods: Sequence[str] = METHODS,
     for g in keep:
         rows = np.flatnonzero(groups == g)
         gold = labels[rows]
-        name = str(group_names[g]) if group_names is not None else str(g)
+        name = _name(g, group_names)
         n_gold = len(np.unique(gold))
         per_book[name] = {
             m: {**cluster_metrics(gold, cluster(z[rows], m, k, n_gold, seed)),
@@ -201,7 +201,7 @@ def one_cluster_baseline(labels, groups, group_names=None) -> dict:
     per_book = {}
     for g in keep:
         gold = labels[groups == g]
-        name = str(group_names[g]) if group_names is not None else str(g)
+        name = _name(g, group_names)
         per_book[name] = {"one_cluster": {**cluster_metrics(gold, np.zeros(len(gold), int)),
                                           "n": int(len(gold)), "speakers": len(np.unique(gold))}}
     return {"per_book": per_book, "macro": macro(per_book),

@@ -20,6 +20,11 @@ import yaml
 from kt_pipeline.errors import ConfigError
 
 
+# What a classifier's ``fit`` logs (``training.compile_classifier``): the metrics a run may
+# monitor for best.keras and a search may take as its objective.
+METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything `kt-pipeline train` needs; saved as `config.json` in the model dir."""
@@ -50,7 +55,7 @@ class TrainConfig:
     jit_compile: bool = False
     strategy: str = "auto"  # auto|cpu|gpu|mirrored|multiworker|tpu
     seed: int = 42
-    monitor: str = "val_accuracy"
+    monitor: str = "val_accuracy"  # one of METRICS
     early_stopping_patience: Optional[int] = None
 
     def to_dict(self) -> dict:

@@ -202,10 +202,7 @@ def evaluate(
     model = models.load_classifier(model_dir)
     seq = int(max_seq_length or config.get("max_seq_length") or 128)
     seq = min(seq, int(manifest["max_length"]))
-    limit = models.position_limit(model)
-    if limit and seq > limit:
-        raise KtError(f"--max-seq-length {seq}: the encoder has position embeddings for {limit} "
-                      f"tokens; pass --max-seq-length {limit} or less")
+    models.check_position_limit(model, seq, KtError)
     ds = reader.make_dataset(cache_dir, split, batch_size=int(batch_size or config.get("batch_size") or 32),
                              max_seq_length=seq, padding="bucket", drop_remainder=False)
     bar = Progress(f"evaluate {split}", total=n, unit="examples", enabled=progress)

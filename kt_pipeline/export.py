@@ -167,15 +167,10 @@ def export_saved_model(
         )
     if max_seq_length < 3:
         raise ExportError(f"max_seq_length={max_seq_length}: needs room for start, text, end")
-    from kt_pipeline.models import position_limit
+    from kt_pipeline.models import check_position_limit
 
-    limit = position_limit(model)
-    if limit and max_seq_length > limit:
-        raise ExportError(
-            f"max_seq_length={max_seq_length}: the encoder has position embeddings for "
-            f"{limit} tokens, so longer texts would fail when served; pass --max-seq-length "
-            f"{limit} or less"
-        )
+    check_position_limit(model, max_seq_length, ExportError,
+                         ", so longer texts would fail when served")
     output_dir = output_dir.rstrip("/")
     _prepare_output_dir(output_dir)
 

@@ -173,6 +173,15 @@ def position_limit(model):
     return min(limits) if limits else None
 
 
+def check_position_limit(model, max_seq_length: int, error=ConfigError, why: str = "") -> None:
+    """Raise `error` when `max_seq_length` exceeds the encoder's :func:`position_limit`
+    (`why`: what a longer length would break, appended to the message)."""
+    limit = position_limit(model)
+    if limit and max_seq_length > limit:
+        raise error(f"max_seq_length={max_seq_length}: the encoder has position embeddings for "
+                    f"{limit} tokens{why}; pass --max-seq-length {limit} or less")
+
+
 def clear_for_overwrite(path: str) -> None:
     """Remove ``path`` before it is rewritten when the filesystem would append instead.
 

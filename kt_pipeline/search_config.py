@@ -51,7 +51,7 @@ from typing import Any, Optional
 
 import yaml
 
-from kt_pipeline.config import TrainConfig, apply_overrides, from_dict, load_yaml
+from kt_pipeline.config import METRICS, TrainConfig, apply_overrides, from_dict, load_yaml
 from kt_pipeline.errors import ConfigError
 
 TUNERS = ("hyperband", "bayesian", "random")
@@ -94,8 +94,7 @@ CLUSTER_SPACE: dict = {
     "balance": ["inverse", "none"],  # none scored higher on held-out ARI (docs/RESULTS.md, round 6)
     "speaker_power": {"min": 0.0, "max": 1.0},  # draw speakers ~ n_quotes ** power
 }
-# What a classification trial's fit logs (compile_classifier: loss and accuracy).
-OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
+OBJECTIVES = METRICS  # what a classification trial's fit logs
 CLUSTER_OBJECTIVES = ("val_ari",)  # validation adjusted Rand index (maximised)
 # ClusterConfig fields the search owns: per-trial dir, the monitor, the top-level preset.
 CLUSTER_OWNED = ("model_dir", "monitor", "preset")

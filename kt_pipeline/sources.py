@@ -295,9 +295,7 @@ class Source:
         """Fill in ``skip`` for empty text / label / group."""
         if rec.skip:
             return rec
-        text = rec.text
-        # isprintable first: the common case at C speed, without is_blank_text's call
-        if text is None or not (text.isprintable() and text.strip()) and is_blank_text(text):
+        if rec.text is None or is_blank_text(rec.text):
             rec.skip, rec.column = "empty_text", self.text_col
             rec.detail = (
                 "no text" if rec.text is None

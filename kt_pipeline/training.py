@@ -46,11 +46,11 @@ import tensorflow as tf  # noqa: E402
 
 from kt_pipeline import batch_split, models, optim  # noqa: E402
 from kt_pipeline import strategy as strategies  # noqa: E402
+from kt_pipeline.config import METRICS as MONITORS  # noqa: E402
 from kt_pipeline.config import TrainConfig  # noqa: E402
 from kt_pipeline.errors import ConfigError, KtError  # noqa: E402
 
 PADDINGS = ("bucket", "dynamic", "fixed")
-MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")  # what ``fit`` logs
 HISTORY_FILE = "history.csv"
 SUMMARY_FILE = "train_summary.json"
 CONFIG_FILE = "config.json"
@@ -552,12 +552,7 @@ def _train(cfg, chosen, policy, started, extra_callbacks, verbose) -> dict:
     warmup = optim.resolve_warmup(total_steps, cfg.warmup_steps, cfg.warmup_fraction)
     with chosen.strategy.scope():
         backbone = encoders.load_backbone(preset)
-        limit = models.position_limit(backbone)
-        if limit and cfg.max_seq_length > limit:
-            raise ConfigError(
-                f"max_seq_length={cfg.max_seq_length}: the encoder has position embeddings "
-                f"for {limit} tokens; pass --max-seq-length {limit} or less"
-            )
+        models.check_position_limit(backbone, cfg.max_seq_length)
         model = models.build_classifier(backbone, len(labels), cfg.pooling, cfg.dropout, cfg.freeze_body)
         opt = optim.build_optimizer(cfg.learning_rate, warmup, total_steps, cfg.decay,
                                     cfg.weight_decay, cfg.clipnorm)
